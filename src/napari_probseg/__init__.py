@@ -1,0 +1,4 @@
+"""napari-probseg."""
+from napari_probseg._version import __version__
+
+__all__ = ["__version__"]

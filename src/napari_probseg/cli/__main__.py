@@ -1,0 +1,3 @@
+from napari_probseg.cli import main
+
+raise SystemExit(main())
