@@ -20,9 +20,9 @@ GUI_MODULES = {"napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySid
 # Which top-level parts of the package each part may import (DESIGN.md "Architecture").
 ALLOWED = {
     "core": {"core", "_version", "_resources"},
-    "data": {"core", "data", "_version", "_resources"},
-    "models": {"core", "models", "_version", "_resources"},
-    "store": {"core", "store", "_version", "_resources"},
+    "data": {"core", "data", "store", "_version", "_resources"},
+    "models": {"core", "models", "data", "_version", "_resources"},
+    "store": {"core", "store", "data", "_version", "_resources"},
     "engine": {"core", "data", "models", "store", "engine", "_version", "_resources"},
     "training": {"core", "data", "models", "store", "engine", "training", "_version", "_resources"},
 }
@@ -43,7 +43,9 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level > 0:
             rel = path.relative_to(PACKAGE_DIR).parent.parts
             base = rel[: len(rel) - (node.level - 1)] if node.level > 1 else rel
-            names.add(".".join(("napari_probseg", *base, *(node.module or "").split("."))).rstrip("."))
+            names.add(
+                ".".join(("napari_probseg", *base, *(node.module or "").split("."))).rstrip(".")
+            )
     return names
 
 
@@ -54,7 +56,9 @@ def test_only_napari_layer_imports_gui_packages():
         if part == "_napari":
             continue
         for name in _imports(path):
-            if name.split(".")[0] in GUI_MODULES or name.startswith("matplotlib.backends.backend_qt"):
+            if name.split(".")[0] in GUI_MODULES or name.startswith(
+                "matplotlib.backends.backend_qt"
+            ):
                 offenders.append(f"{path.relative_to(PACKAGE_DIR)} imports {name}")
     assert not offenders, "\n".join(offenders)
 

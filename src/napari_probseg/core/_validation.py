@@ -25,7 +25,9 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def check_ndim(x: Any, name: str, *, min_ndim: int, max_ndim: int | None = None, shape: str) -> None:
+def check_ndim(
+    x: Any, name: str, *, min_ndim: int, max_ndim: int | None = None, shape: str
+) -> None:
     """Raise ``ValueError`` naming ``name`` if ``x.ndim`` is outside ``[min_ndim, max_ndim]``."""
     ndim = len(x.shape)
     if ndim < min_ndim or (max_ndim is not None and ndim > max_ndim):
@@ -74,7 +76,9 @@ def check_probs(
         lo, hi = float(arr.min()), float(arr.max())
         err = float(np.abs(arr.sum(axis=class_axis, dtype=np.float64) - 1).max())
     if lo < -atol or hi > 1 + atol:
-        raise ValueError(f"{name}: probabilities must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+        raise ValueError(
+            f"{name}: probabilities must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]"
+        )
     if err > atol:
         raise ValueError(
             f"{name}: probabilities must sum to 1 over the class axis {class_axis} "

@@ -1,0 +1,334 @@
+"""Run panel: choose image, model, method, N, seed and device; run in a thread worker; cancel.
+
+The widget is thin: the job is :func:`napari_probseg._napari._runner.run_job` (plain generator),
+landing the result is :func:`napari_probseg._napari._session.land`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_probseg._napari._choices import (
+    LOAD_CARD,
+    ModelChoice,
+    available_devices,
+    bundled_choices,
+    card_choice,
+    describe_error,
+)
+from napari_probseg._napari._layers import Placement
+from napari_probseg._napari._runner import RunRequest, run_job
+from napari_probseg._napari._session import land
+
+#: Resolution of the napari progress bar (it counts thousandths of the engine's fraction).
+_PBAR_STEPS = 1000
+
+
+class RunWidget(QWidget):
+    """Dock widget that runs a probabilistic segmentation on an image layer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (injected by napari).
+    """
+
+    #: Emitted with the RunRecord (or None when dropped/failed/cancelled) after each run ends.
+    run_finished = Signal(object)
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.last_record: Any = None
+        self.last_error: BaseException | None = None
+        self._cancel: threading.Event | None = None
+        self._pbar: Any = None
+        self._models: list[ModelChoice] = []
+
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("Single-channel 2D or 3D image layer to segment")
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Bundled model, or a model card (JSON/YAML) of your own")
+        self.method_combo = QComboBox()
+        self.method_combo.setToolTip("Source of the hypotheses (only those the model supports)")
+        self.samples_spin = QSpinBox()
+        self.samples_spin.setRange(1, 1024)
+        self.samples_spin.setValue(16)
+        self.samples_spin.setToolTip("Number of hypotheses N (results depend on it; it is recorded)")
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setToolTip("Same seed, model and N give the same hypotheses")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("model", self.model_combo)
+        form.addRow("method", self.method_combo)
+        form.addRow("samples N", self.samples_spin)
+        form.addRow("seed", self.seed_spin)
+        form.addRow("device", self.device_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._set_models(bundled_choices())
+        self.model_combo.activated.connect(self._on_model_activated)
+        self.model_combo.currentIndexChanged.connect(self._refresh_methods)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._refresh_images)
+        self.viewer.layers.events.reordered.connect(self._refresh_images)
+        self._refresh_images()
+
+    # ------------------------------------------------------------------ choices
+    def _image_layers(self) -> list[Image]:
+        return [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and not layer.rgb and "probseg" not in layer.metadata
+        ]
+
+    def _refresh_images(self, *_: Any) -> None:
+        current = self.image_combo.currentText()
+        names = [layer.name for layer in self._image_layers()]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        self.image_combo.blockSignals(False)
+
+    def _set_models(self, choices: list[ModelChoice], select: str | None = None) -> None:
+        self._models = choices
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for choice in choices:
+            self.model_combo.addItem(choice.label)
+        self.model_combo.addItem(LOAD_CARD)
+        if select is not None:
+            self.model_combo.setCurrentText(select)
+        self.model_combo.blockSignals(False)
+        self._refresh_methods()
+
+    def _on_model_activated(self, index: int) -> None:
+        if self.model_combo.itemText(index) != LOAD_CARD:
+            return
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load model card", "", "Model cards (*.json *.yaml *.yml)"
+        )
+        if path:
+            self.add_model_card(path)
+        elif self._models:
+            self.model_combo.setCurrentIndex(0)
+
+    def add_model_card(self, path: str | Path) -> bool:
+        """Validate a model card and add it to the model list; errors become notifications."""
+        try:
+            choice = card_choice(path)
+        except (ValueError, OSError) as exc:
+            show_error(f"probseg: cannot load model card {Path(path).name}: {describe_error(exc)}")
+            if self._models:
+                self.model_combo.setCurrentIndex(0)
+            return False
+        self._set_models([*self._models, choice], select=choice.label)
+        return True
+
+    def _refresh_methods(self, *_: Any) -> None:
+        choice = self.current_model()
+        self.method_combo.clear()
+        if choice is not None:
+            self.method_combo.addItems(list(choice.methods))
+
+    def current_model(self) -> ModelChoice | None:
+        """The selected model, or None."""
+        index = self.model_combo.currentIndex()
+        return self._models[index] if 0 <= index < len(self._models) else None
+
+    def select(
+        self,
+        *,
+        image: str | None = None,
+        model: str | None = None,
+        method: str | None = None,
+        n_samples: int | None = None,
+        seed: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        """Set the panel's choices programmatically (demo, scripts, tests)."""
+        if image is not None:
+            self._refresh_images()
+            self.image_combo.setCurrentText(image)
+        if model is not None:
+            labels = [c.label for c in self._models]
+            match = [lab for lab, c in zip(labels, self._models) if model in (c.label, c.key)]
+            if not match:
+                raise ValueError(f"model: expected one of {labels}, got {model!r}")
+            self.model_combo.setCurrentText(match[0])
+        if method is not None:
+            methods = [self.method_combo.itemText(i) for i in range(self.method_combo.count())]
+            if method not in methods:
+                raise ValueError(f"method: expected one of {methods}, got {method!r}")
+            self.method_combo.setCurrentText(method)
+        if n_samples is not None:
+            self.samples_spin.setValue(n_samples)
+        if seed is not None:
+            self.seed_spin.setValue(seed)
+        if device is not None:
+            self.device_combo.setCurrentText(device)
+
+    # ------------------------------------------------------------------ running
+    @property
+    def running(self) -> bool:
+        """True while a run is in progress."""
+        return self.worker is not None
+
+    def run(self) -> Any:
+        """Start a run in a napari thread worker; return the worker (None if not started)."""
+        if self.running:
+            return None
+        layer = next((lay for lay in self._image_layers() if lay.name == self.image_combo.currentText()), None)
+        choice = self.current_model()
+        if layer is None or choice is None or not self.method_combo.currentText():
+            show_error("probseg: choose an image layer, a model and a method first.")
+            return None
+        ndim = layer.ndim
+        placement = Placement(
+            layer.name,
+            tuple(float(s) for s in layer.scale[-ndim:]),
+            tuple(float(t) for t in layer.translate[-ndim:]),
+        )
+        request = RunRequest(
+            model=choice.key,
+            method=self.method_combo.currentText(),
+            n_samples=self.samples_spin.value(),
+            seed=self.seed_spin.value(),
+            device=self.device_combo.currentText(),
+            quantile=0.05,
+        )
+        return self.start(layer, request, placement)
+
+    def start(self, layer: Image, request: RunRequest, placement: Placement) -> Any:
+        """Run ``request`` on ``layer`` in a worker thread (what :meth:`run` calls)."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        self._cancel = threading.Event()
+        self.last_error = None
+        self.last_record = None
+        worker = create_worker(
+            run_job,
+            layer.data,
+            request,
+            placement,
+            cancel=self._cancel,
+            _start_thread=False,
+            _ignore_errors=True,  # errors become notifications below, never a traceback dialog
+        )
+        self._pbar = progress(total=_PBAR_STEPS, desc=f"probseg: {request.method} on {layer.name}")
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda output: self._on_returned(layer, output))
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"Running {request.method}, N={request.n_samples}…")
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running job at its next check; no partial result lands."""
+        if self.worker is None:
+            return
+        if self._cancel is not None:
+            self._cancel.set()
+        self.worker.quit()
+        self.status.setText("Cancelling…")
+
+    def _on_progress(self, event: Any) -> None:
+        if self._pbar is None or not hasattr(event, "fraction"):
+            return
+        if self._cancel is not None and self._cancel.is_set():
+            return  # queued events of a cancelled run
+        target = int(round(max(0.0, min(1.0, float(event.fraction))) * _PBAR_STEPS))
+        if target > self._pbar.n:
+            self._pbar.update(target - self._pbar.n)
+        text = (
+            f"{event.stage}: samples {event.samples_done}/{event.samples_total}, "
+            f"tiles {event.tiles_done}/{event.tiles_total}"
+        )
+        self._pbar.set_description(f"probseg {text}")
+        self.status.setText(event.message or text)
+
+    def _on_returned(self, layer: Image, output: Any) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            return  # cancelled after the last check: drop it, as promised
+        try:
+            record = land(self.viewer, output, layer)
+        except Exception as exc:  # never a traceback dialog: report and keep the viewer usable
+            self._on_errored(exc)
+            return
+        self.last_record = record
+        if record is not None:
+            res = output.result
+            self.status.setText(
+                f"Done: {res.method}, N={res.n_samples}, seed {output.request.seed}, "
+                f"on {res.provenance.get('device', output.request.device)}."
+            )
+        else:
+            self.status.setText("Result dropped: the image changed during the run.")
+
+    def _on_errored(self, exc: BaseException) -> None:
+        from napari_probseg.engine import Cancelled
+
+        if isinstance(exc, Cancelled):
+            self._on_aborted()
+            return
+        self.last_error = exc
+        message = describe_error(exc)
+        self.status.setText(f"Failed: {message}")
+        show_error(f"probseg: run failed: {message}")
+
+    def _on_aborted(self) -> None:
+        self.status.setText("Cancelled; no result was kept.")
+        show_info("probseg: run cancelled.")
+
+    def _on_finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.run_finished.emit(self.last_record)

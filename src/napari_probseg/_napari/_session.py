@@ -1,0 +1,145 @@
+"""Per-viewer record of finished runs, shared by the run and review panels.
+
+The run panel lands a finished :class:`RunOutput` on the viewer (after checking that the image did
+not change meanwhile); the review panel listens to :attr:`Session.changed` to show the newest run.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from psygnal import Signal
+
+from napari_probseg._napari._layers import create_layer, highlight_mask, layer_name
+from napari_probseg._napari._runner import RunOutput
+
+#: Layers a new run of the same image replaces (the user's annotation layers are never touched).
+_REPLACED = "annotation"
+
+
+@dataclass
+class RunRecord:
+    """A run that landed on the viewer.
+
+    Attributes
+    ----------
+    output : RunOutput
+        Result, request and placement.
+    image_layer : napari.layers.Image
+        The layer the run was computed from.
+    layers : dict of str to Layer
+        The layers it produced, keyed by what they show (``"hypotheses"``, ``"highlight"``, ...).
+    regions : dict of str to list
+        The ranked regions as columns (see ``_layers.regions_table``).
+    quantile : float
+        Current highlight share.
+    """
+
+    output: RunOutput
+    image_layer: Any
+    layers: dict[str, Any] = field(default_factory=dict)
+    regions: dict[str, list] = field(default_factory=dict)
+    quantile: float = 0.05
+
+    @property
+    def result(self) -> Any:
+        """The ``PredictionResult``."""
+        return self.output.result
+
+    @property
+    def image_name(self) -> str:
+        """Name of the image the run belongs to."""
+        return self.output.placement.image_name
+
+
+class Session:
+    """Finished runs of one viewer, newest last."""
+
+    changed = Signal(object)
+
+    def __init__(self) -> None:
+        self.records: dict[str, RunRecord] = {}
+        self.current: RunRecord | None = None
+
+    def add(self, record: RunRecord) -> None:
+        """Store ``record`` as the current run of its image and emit :attr:`changed`."""
+        self.records[record.image_name] = record
+        self.current = record
+        self.changed.emit(record)
+
+
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def get_session(viewer: Any) -> Session:
+    """Return the :class:`Session` of ``viewer`` (created on first use)."""
+    session = _SESSIONS.get(viewer)
+    if session is None:
+        session = _SESSIONS[viewer] = Session()
+    return session
+
+
+def is_stale(image_layer: Any, result: Any) -> bool:
+    """Return True if ``image_layer``'s data no longer matches the image ``result`` came from."""
+    import numpy as np
+
+    from napari_probseg.engine import image_signature
+
+    return image_signature(np.asarray(image_layer.data)) != result.input_signature
+
+
+def land(viewer: Any, output: RunOutput, image_layer: Any) -> RunRecord | None:
+    """Add a finished run's layers to ``viewer``, replacing an earlier run on the same image.
+
+    Returns None (and adds nothing) when the image layer was removed or its data changed since the
+    run started: a late result never lands on another image.
+    """
+    from napari.utils.notifications import show_warning
+
+    if image_layer not in viewer.layers:
+        show_warning(f"probseg: '{image_layer.name}' was removed during the run; result dropped.")
+        return None
+    if is_stale(image_layer, output.result):
+        show_warning(
+            f"probseg: '{image_layer.name}' changed during the run; the result was dropped "
+            "(run again on the current image)."
+        )
+        return None
+    remove_run_layers(viewer, output.placement.image_name)
+    record = RunRecord(output=output, image_layer=image_layer, quantile=output.request.quantile)
+    for data, kwargs, kind in output.layers:
+        layer = create_layer(data, kwargs, kind)
+        viewer.layers.append(layer)
+        record.layers[kwargs["metadata"]["probseg"]["what"]] = layer
+    if "regions" in record.layers:
+        record.regions = record.layers["regions"].metadata["probseg"]["regions"]
+    viewer.layers.selection.active = image_layer
+    get_session(viewer).add(record)
+    return record
+
+
+def remove_run_layers(viewer: Any, image_name: str) -> None:
+    """Remove the layers an earlier run produced for ``image_name`` (never annotations)."""
+    for layer in list(viewer.layers):
+        meta = layer.metadata.get("probseg") if isinstance(layer.metadata, dict) else None
+        if meta and meta.get("image") == image_name and meta.get("what") != _REPLACED:
+            viewer.layers.remove(layer)
+
+
+def set_highlight(record: RunRecord, quantile: float, *, term: str = "predictive_entropy") -> None:
+    """Recompute the top-``quantile`` highlight of a landed run in place, and rename the layer."""
+    from napari_probseg.core.uncertainty import term_label
+
+    layer = record.layers.get("highlight")
+    if layer is None:
+        return
+    umap = getattr(record.result.maps, term)
+    layer.data = highlight_mask(umap, quantile)
+    layer.name = layer_name(
+        record.image_name,
+        f"most uncertain {100 * quantile:g}% ({term_label(term, record.result.source)})",
+    )
+    layer.metadata["probseg"]["quantile"] = quantile
+    record.quantile = quantile

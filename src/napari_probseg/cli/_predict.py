@@ -1,0 +1,201 @@
+"""``probseg predict``: sample hypotheses of an image, write them to zarr and print a summary.
+
+Example::
+
+    probseg predict ct.nii.gz --model lesions3d --method mc_dropout -n 16 --out ct_pred.zarr
+    probseg predict --sample 2d --model lesions2d-dropout-unet --method mc_dropout -n 4 \\
+        --out pred.zarr --json
+
+The output group layout is documented in :mod:`napari_probseg.engine._io`. Progress goes to
+stderr (not with ``--json`` or ``--quiet``); the summary goes to stdout (JSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_probseg.cli._models import add_model_dir_argument, find_card, model_dirs
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``predict`` sub-command."""
+    p = subparsers.add_parser(
+        "predict",
+        help="sample segmentation hypotheses and uncertainty maps of an image",
+        description=(
+            "Run a probabilistic segmentation model on an image (.tif, .npy, .nii[.gz]) or a "
+            "built-in sample, write samples and uncertainty maps to a zarr group and print an "
+            "image-level summary (scores with their aggregation named, top uncertain regions)."
+        ),
+    )
+    p.add_argument("image", nargs="?", type=Path, help="image file (or use --sample)")
+    p.add_argument("--sample", choices=("2d", "3d"), help="use the built-in synthetic sample case")
+    p.add_argument("--model", required=True, help="bundled/user model name or a card file")
+    p.add_argument("--method", help="sampling method (default: the card's default)")
+    p.add_argument("-n", "--n-samples", type=int, default=16, help="number of samples (16)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda[:i], mps")
+    p.add_argument("--batch-size", type=int, help="samples per forward pass (default: automatic)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (0.25)")
+    p.add_argument("--channel", type=int, help="channel to use from a multi-channel image")
+    p.add_argument(
+        "--slice-by-slice", action="store_true", help="run a 2D model on each plane of a volume"
+    )
+    p.add_argument(
+        "--trust", action="store_true", help="allow TorchScript/pickled models (can run code)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="output zarr group (e.g. pred.zarr)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--map-dtype", choices=("float32", "float16"), default="float32", help="map storage dtype"
+    )
+    add_model_dir_argument(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON, no progress")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=run)
+
+
+def _load_input(args: argparse.Namespace, in_channels: int) -> tuple[Any, tuple[float, ...], str]:
+    """Return ``(image, scale, source description)`` with channels resolved."""
+    from napari_probseg.cli import CLIError
+
+    if (args.image is None) == (args.sample is None):
+        raise CLIError("image: give an image file or --sample 2d|3d (exactly one)")
+    if args.sample is not None:
+        from napari_probseg.data.synthetic import sample_case
+
+        image, _, scale = sample_case(2 if args.sample == "2d" else 3)
+        return image, tuple(scale), f"sample:{args.sample}"
+    from napari_probseg.data.io import read_image
+
+    data = read_image(args.image)
+    image, axes = data.data, data.axes
+    c_axis = data.channel_axis
+    if c_axis is None and image.ndim == 4:
+        c_axis = 0  # (C, Z, Y, X) when the reader did not say
+    if args.channel is not None:
+        if c_axis is None:
+            raise CLIError(f"channel: the image {tuple(image.shape)} has no channel axis")
+        n = image.shape[c_axis]
+        if not 0 <= args.channel < n:
+            raise CLIError(f"channel: expected 0..{n - 1}, got {args.channel}")
+        image = image.take(args.channel, axis=c_axis)
+    elif c_axis is not None:
+        n = image.shape[c_axis]
+        if n != in_channels or c_axis != 0:
+            raise CLIError(
+                f"channel: the image has {n} channels (axes {axes!r}, shape "
+                f"{tuple(image.shape)}) but the model takes {in_channels}; choose one with "
+                "--channel C"
+            )
+    if image.ndim > 4:
+        raise CLIError(f"image: expected 2D or 3D data (plus channels), got shape {image.shape}")
+    spatial = image.ndim - (1 if (c_axis is not None and args.channel is None) else 0)
+    scale = tuple(data.scale)[-spatial:]
+    return image, scale, str(args.image)
+
+
+class _ProgressPrinter:
+    """One stderr line per stage change and at most every half second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.last = 0.0
+        self.stage = ""
+
+    def __call__(self, event: Any) -> None:
+        now = time.monotonic()
+        if not self.enabled or (event.stage == self.stage and now - self.last < 0.5):
+            return
+        self.last, self.stage = now, event.stage
+        print(f"probseg predict: {event.fraction:4.0%} {event.message}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``probseg predict``; return the exit code."""
+    from napari_probseg import engine
+    from napari_probseg.cli import CLIError
+
+    if args.out.exists() and not args.overwrite:
+        raise CLIError(f"out: {args.out} exists (add --overwrite to replace it)")
+    card = find_card(args.model, model_dirs(args.model_dir))
+    if args.method is not None and args.method not in card.available_methods:
+        # the same check load_method makes, before torch is imported (fast failure)
+        from napari_probseg.models import UnknownMethodError
+
+        raise UnknownMethodError(args.method, card.available_methods, card.name)
+    image, scale, source = _load_input(args, card.in_channels)
+    if not np.isfinite(image).all():
+        raise CLIError(f"image: {source} contains NaN or Inf values", code=1)
+
+    from napari_probseg.models import load_method
+
+    method = load_method(card, args.method, device="cpu", trust=args.trust)
+    quiet = args.json or args.quiet
+    progress = _ProgressPrinter(not quiet)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = engine.run_prediction(
+                image,
+                method,
+                n_samples=args.n_samples,
+                seed=args.seed,
+                device=args.device,
+                batch_size=args.batch_size,
+                overlap=args.overlap,
+                scale=scale,
+                slice_by_slice=args.slice_by_slice,
+                callback=progress,
+            )
+        except MemoryError as exc:
+            raise CLIError(f"memory: {exc}", code=1) from None
+    if not quiet:
+        for w in caught:
+            if issubclass(w.category, (RuntimeWarning, UserWarning)):
+                print(f"probseg predict: warning: {w.message}", file=sys.stderr)
+    summary = engine.summarize(result)
+    summary = {"image": source, "out": str(args.out), **summary}
+    engine.save_result(
+        result, args.out, regions=summary["regions"], map_dtype=args.map_dtype,
+        overwrite=args.overwrite,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_human(summary)
+    return 0
+
+
+def _print_human(s: dict) -> None:
+    print(f"image: {s['image']}  ->  {s['out']}")
+    print(
+        f"model: {s['model']}  method: {s['method']}  N = {s['n_samples']}  seed: {s['seed']}  "
+        f"device: {s['device']}"
+    )
+    meanings = s["meanings"]
+    if meanings.get("mutual_information"):
+        print(
+            f"mutual information = {meanings['mutual_information']}, expected entropy = "
+            f"{meanings['expected_entropy']}"
+        )
+    for score in s["scores"]:
+        value = "nan" if score["value"] is None else f"{score['value']:.4g}"
+        print(f"  {score['label']:<42} {score['aggregation']:<22} {value}")
+    for m in s["structure"]:
+        value = "nan" if m["value"] is None else f"{m['value']:.4g}"
+        print(f"  {m['measure']:<42} {value:<10} ({m['aggregation']})")
+    top = s["regions"]["top"]
+    print(f"top {len(top)} regions of {s['regions']['label']} (quantile {s['regions']['quantile']}):")
+    for r in top:
+        print(f"  #{r['rank']}: score {r['score']:.4g}, {r['size']} voxels, bbox {r['bbox']}")
+    t = s["timings"]
+    print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))

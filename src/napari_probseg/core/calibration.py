@@ -1,0 +1,544 @@
+"""Calibration metrics: ECE, MCE, ACE, adaptive ECE, a streaming accumulator, temperature scaling.
+
+Conventions (DESIGN.md "Metric conventions")
+--------------------------------------------
+- ``probs`` is ``(K, *spatial)`` with the class axis first (K >= 2), or a single foreground
+  probability map ``(*spatial)`` of a binary problem, read as ``(1 - p, p)``: its predicted class is
+  foreground when ``p > 0.5`` (ties go to background, exactly as ``argmax`` of ``(1 - p, p)``).
+- ``labels`` is either *hard*: integer (or bool) labels ``(*spatial)`` from one rater or a majority
+  vote; or *soft*: a floating array with the rater mean per class, ``(K, *spatial)`` (or
+  ``(*spatial)`` foreground share for a foreground map). The dtype decides: integer/bool = hard,
+  floating = soft. Shapes decide whether ``probs`` is a foreground map: with hard labels when
+  ``probs.shape == labels.shape``; with soft labels of the same shape as ``probs`` the class axis is
+  assumed unless ``probs`` is 2-D or ``foreground_map=True`` is passed (a 3-D foreground map with
+  soft labels is otherwise indistinguishable from a 2-D ``(K, H, W)`` stack). With soft labels the "accuracy" of a pixel is the expected agreement, i.e. the
+  soft label probability of the predicted class.
+- Confidence is the top-label confidence ``max_k p_k`` (``confidence="top_label"``). For binary
+  problems ``confidence="foreground"`` instead bins ``p(foreground)`` against the foreground
+  indicator (the convention of torchmetrics' ``BinaryCalibrationError``).
+- Bins are equal-width on [0, 1]: bin ``b`` holds ``[b/B, (b+1)/B)`` (computed as
+  ``floor(conf * B)``, so a confidence on an edge follows float rounding of the product) and the
+  last bin is closed, so a confidence of exactly 1.0 falls in the last bin. (torchmetrics keeps an extra bin for exactly 1.0;
+  both agree whenever no confidence equals 1.0.)
+- ECE = sum_b n_b/N |acc_b - conf_b|; MCE = max over non-empty bins; ACE = unweighted mean of
+  |acc_b - conf_b| over non-empty bins ("average calibration error", not the adaptive ECE);
+  the adaptive (equal-mass bins) ECE is :func:`adaptive_ece`.
+
+Input may be numpy arrays or torch tensors (any device): the class reduction runs where the data
+lives, the per-bin sums are float64 numpy (exact for up to 2**53 pixels) and results are floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._validation import check_choice, check_finite, check_positive_int, is_torch, to_numpy
+
+__all__ = [
+    "CalibrationAccumulator",
+    "CalibrationResult",
+    "TemperatureFit",
+    "adaptive_ece",
+    "calibration",
+    "fit_temperature",
+]
+
+CONFIDENCES = ("top_label", "foreground")
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Calibration errors and reliability-diagram data.
+
+    Attributes
+    ----------
+    ece, mce, ace : float
+        Expected, maximum and average calibration error (NaN when no pixel was seen).
+    bin_edges : ndarray, shape (n_bins + 1,)
+        Equal-width edges on [0, 1]; the last bin is closed at 1.0.
+    counts : ndarray of int64, shape (n_bins,)
+        Pixels per bin.
+    mean_confidence, accuracy : ndarray of float64, shape (n_bins,)
+        Mean confidence and mean accuracy (expected agreement for soft labels) per bin; NaN for
+        empty bins.
+    n_pixels : int
+        Number of pixels counted.
+    label_kind : {"hard", "soft"}
+        Whether the labels were hard labels or soft rater means.
+    reference : str
+        Free description of the reference, e.g. ``"majority of 4 raters"``.
+    confidence : {"top_label", "foreground"}
+        Which confidence was binned.
+    """
+
+    ece: float
+    mce: float
+    ace: float
+    bin_edges: np.ndarray
+    counts: np.ndarray
+    mean_confidence: np.ndarray
+    accuracy: np.ndarray
+    n_pixels: int
+    label_kind: str
+    reference: str = ""
+    confidence: str = "top_label"
+
+    @property
+    def n_bins(self) -> int:
+        """Number of bins."""
+        return len(self.counts)
+
+
+@dataclass
+class CalibrationAccumulator:
+    """Streaming, mergeable per-bin sums for ECE/MCE/ACE.
+
+    Three bincount accumulators per bin (pixel count, sum of confidence, sum of correctness) are
+    all that the binned metrics need, so images or tiles of any size stream through in bounded
+    memory and accumulators from different workers merge by addition.
+
+    Parameters
+    ----------
+    n_bins : int
+        Number of equal-width bins on [0, 1] (last bin closed at 1.0).
+    confidence : {"top_label", "foreground"}
+        Confidence to bin (see the module docstring).
+    reference : str
+        Free description of the labels, copied into the result.
+
+    Examples
+    --------
+    >>> acc = CalibrationAccumulator(n_bins=10)
+    >>> fg = np.array([[0.8, 0.8]])  # foreground probability map, 1 x 2 pixels
+    >>> _ = acc.update(fg, np.array([[1, 0]])).update(fg, np.array([[1, 1]]))
+    >>> round(acc.result().ece, 6)  # confidence 0.8, accuracy 3/4
+    0.05
+    """
+
+    n_bins: int = 15
+    confidence: str = "top_label"
+    reference: str = ""
+    counts: np.ndarray = field(init=False, repr=False)
+    sum_confidence: np.ndarray = field(init=False, repr=False)
+    sum_correct: np.ndarray = field(init=False, repr=False)
+    label_kind: str | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.n_bins = check_positive_int(self.n_bins, "n_bins")
+        check_choice(self.confidence, "confidence", CONFIDENCES)
+        self.counts = np.zeros(self.n_bins, dtype=np.int64)
+        self.sum_confidence = np.zeros(self.n_bins, dtype=np.float64)
+        self.sum_correct = np.zeros(self.n_bins, dtype=np.float64)
+
+    def update(
+        self, probs: Any, labels: Any, *, mask: Any = None, foreground_map: bool | None = None
+    ) -> CalibrationAccumulator:
+        """Add the pixels of one image or tile.
+
+        Parameters
+        ----------
+        probs : ndarray or Tensor, shape (K, *spatial) or (*spatial)
+            Class probabilities, or a foreground probability map.
+        labels : ndarray or Tensor, shape (*spatial) integer, or (K, *spatial) / (*spatial) float
+            Hard labels or soft rater means (see the module docstring).
+        mask : ndarray or Tensor of bool, shape (*spatial), optional
+            Pixels to count (default all).
+        foreground_map : bool, optional
+            Force (True) or forbid (False) reading ``probs`` as a foreground map; default from
+            the shapes (module docstring).
+
+        Returns
+        -------
+        CalibrationAccumulator
+            ``self``, for chaining.
+        """
+        conf, correct, kind = _confidence_correct(
+            probs, labels, self.confidence, mask, foreground_map
+        )
+        if self.label_kind not in (None, kind):
+            raise ValueError(
+                f"labels: mixing {self.label_kind} and {kind} labels in one accumulator"
+            )
+        self.label_kind = kind
+        # Bin index by multiplication is ~5x faster than searchsorted; the clip closes the
+        # last bin at 1.0.
+        idx = np.minimum((conf * self.n_bins).astype(np.int64), self.n_bins - 1)
+        n = self.n_bins
+        self.counts += np.bincount(idx, minlength=n)
+        self.sum_confidence += np.bincount(idx, weights=conf, minlength=n)
+        self.sum_correct += np.bincount(idx, weights=correct, minlength=n)
+        return self
+
+    def merge(self, other: CalibrationAccumulator) -> CalibrationAccumulator:
+        """Add the sums of ``other`` (same ``n_bins`` and ``confidence``) into ``self``."""
+        if other.n_bins != self.n_bins or other.confidence != self.confidence:
+            raise ValueError(
+                f"other: cannot merge an accumulator with n_bins={other.n_bins}, "
+                f"confidence={other.confidence!r} into n_bins={self.n_bins}, "
+                f"confidence={self.confidence!r}"
+            )
+        if None not in (self.label_kind, other.label_kind) and self.label_kind != other.label_kind:
+            raise ValueError(f"other: holds {other.label_kind} labels, self {self.label_kind}")
+        self.counts += other.counts
+        self.sum_confidence += other.sum_confidence
+        self.sum_correct += other.sum_correct
+        self.label_kind = self.label_kind or other.label_kind
+        return self
+
+    def result(self) -> CalibrationResult:
+        """Return the :class:`CalibrationResult` of everything seen so far."""
+        counts = self.counts.copy()
+        nonempty = counts > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_conf = np.where(nonempty, self.sum_confidence / counts, np.nan)
+            acc = np.where(nonempty, self.sum_correct / counts, np.nan)
+        gap = np.abs(acc - mean_conf)[nonempty]
+        total = int(counts.sum())
+        if total == 0:
+            ece = mce = ace = float("nan")
+        else:
+            ece = float(np.sum(counts[nonempty] / total * gap))
+            mce = float(gap.max())
+            ace = float(gap.mean())
+        return CalibrationResult(
+            ece=ece,
+            mce=mce,
+            ace=ace,
+            bin_edges=np.linspace(0.0, 1.0, self.n_bins + 1),
+            counts=counts,
+            mean_confidence=mean_conf,
+            accuracy=acc,
+            n_pixels=total,
+            label_kind=self.label_kind or "hard",
+            reference=self.reference,
+            confidence=self.confidence,
+        )
+
+
+def calibration(
+    probs: Any,
+    labels: Any,
+    *,
+    n_bins: int = 15,
+    confidence: str = "top_label",
+    reference: str | None = None,
+    mask: Any = None,
+    foreground_map: bool | None = None,
+) -> CalibrationResult:
+    """ECE, MCE and ACE of one image (or a batch stacked along a spatial axis).
+
+    Parameters
+    ----------
+    probs : ndarray or Tensor, shape (K, *spatial) or (*spatial)
+        Class probabilities (class axis first, K >= 2) or a binary foreground probability map.
+    labels : ndarray or Tensor
+        Hard integer labels ``(*spatial)``, or soft rater means: float ``(K, *spatial)``, or float
+        ``(*spatial)`` foreground share when ``probs`` is a foreground map.
+    n_bins : int
+        Number of equal-width bins; the last bin is closed at 1.0.
+    confidence : {"top_label", "foreground"}
+        ``"top_label"`` bins ``max_k p_k`` against correctness of ``argmax``; ``"foreground"``
+        (binary only) bins ``p(foreground)`` against the foreground indicator.
+    reference : str, optional
+        Description of the labels, e.g. ``"majority of 4 raters"``; default ``"hard labels"`` or
+        ``"soft labels (rater mean)"``.
+    mask : ndarray or Tensor of bool, shape (*spatial), optional
+        Pixels to count.
+    foreground_map : bool, optional
+        Whether ``probs`` is a foreground map; default from the shapes (module docstring).
+
+    Returns
+    -------
+    CalibrationResult
+
+    Examples
+    --------
+    >>> p = np.array([[0.1, 0.4], [0.9, 0.6]])  # (K=2, 2 pixels)
+    >>> calibration(p, np.array([1, 0]), n_bins=10).ece  # bins 0.9 (acc 1), 0.6 (acc 0)
+    0.35
+    """
+    acc = CalibrationAccumulator(n_bins=n_bins, confidence=confidence)
+    acc.update(probs, labels, mask=mask, foreground_map=foreground_map)
+    if reference is None:
+        reference = "hard labels" if acc.label_kind == "hard" else "soft labels (rater mean)"
+    acc.reference = reference
+    return acc.result()
+
+
+def adaptive_ece(
+    probs: Any,
+    labels: Any,
+    *,
+    n_bins: int = 15,
+    confidence: str = "top_label",
+    mask: Any = None,
+    foreground_map: bool | None = None,
+) -> float:
+    """Adaptive (equal-mass) ECE: bins hold equal numbers of pixels instead of equal widths.
+
+    Pixels are sorted by confidence and split into ``n_bins`` consecutive groups whose sizes differ
+    by at most one (``numpy.array_split``); tied confidences may straddle two bins. ECE is then
+    ``sum_b n_b/N |acc_b - conf_b|``. Not streaming: it sorts all pixels (O(N log N), N floats).
+
+    Parameters
+    ----------
+    probs, labels, confidence, mask, foreground_map
+        As for :func:`calibration`.
+    n_bins : int
+        Number of equal-mass bins.
+
+    Returns
+    -------
+    float
+        Adaptive ECE (NaN without pixels).
+    """
+    n_bins = check_positive_int(n_bins, "n_bins")
+    check_choice(confidence, "confidence", CONFIDENCES)
+    conf, correct, _ = _confidence_correct(probs, labels, confidence, mask, foreground_map)
+    n = conf.size
+    if n == 0:
+        return float("nan")
+    order = np.argsort(conf, kind="stable")
+    bounds = np.linspace(0, n, min(n_bins, n) + 1).round().astype(np.int64)
+    csum_conf = np.concatenate([[0.0], np.cumsum(conf[order])])
+    csum_corr = np.concatenate([[0.0], np.cumsum(correct[order])])
+    sizes = np.diff(bounds)
+    gaps = np.abs(np.diff(csum_corr[bounds]) - np.diff(csum_conf[bounds]))  # n_b |acc_b - conf_b|
+    return float(gaps[sizes > 0].sum() / n)
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """Result of :func:`fit_temperature`.
+
+    Attributes
+    ----------
+    temperature : float
+        Fitted T > 0; calibrated probabilities are ``softmax(logits / T)``.
+    nll_before, nll_after : float
+        Mean negative log-likelihood (nats per pixel) at T = 1 and at the fitted T.
+    ece_before, ece_after : float
+        Top-label ECE (15 bins) at T = 1 and at the fitted T.
+    n_pixels : int
+        Pixels used.
+    """
+
+    temperature: float
+    nll_before: float
+    nll_after: float
+    ece_before: float
+    ece_after: float
+    n_pixels: int
+
+
+def fit_temperature(
+    logits: Any,
+    labels: Any,
+    *,
+    max_iter: int = 100,
+    n_bins: int = 15,
+    mask: Any = None,
+) -> TemperatureFit:
+    """Fit a scalar temperature T > 0 minimizing the mean pixel NLL of ``softmax(logits / T)``.
+
+    L-BFGS-B (scipy) on ``log T`` with the analytic gradient
+    ``d NLL / d log T = mean(z_y - E_softmax(z/T)[z]) / T``; the NLL is convex in ``1/T``.
+
+    Parameters
+    ----------
+    logits : ndarray or Tensor, shape (K, *spatial), (B, K, *spatial) or (*spatial)
+        Class logits (class axis first, or second after a batch axis). A logit map with the same
+        shape as ``labels`` is a binary foreground logit, read as the logits ``(0, z)``.
+    labels : ndarray or Tensor of int, shape (*spatial) or (B, *spatial)
+        Hard labels.
+    max_iter : int
+        Maximum optimizer iterations.
+    n_bins : int
+        Bins for the reported ECE.
+    mask : ndarray or Tensor of bool, shape like ``labels``, optional
+        Pixels to use.
+
+    Returns
+    -------
+    TemperatureFit
+    """
+    from scipy.optimize import minimize
+
+    max_iter = check_positive_int(max_iter, "max_iter")
+    z = to_numpy(logits)
+    y = to_numpy(labels)
+    check_finite(z, "logits")
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+        raise ValueError(f"labels: expected integer hard labels, got dtype {y.dtype}")
+    if z.shape == y.shape:  # foreground logit map -> logits (0, z)
+        z = np.stack([np.zeros_like(z), z], axis=-1)
+    elif z.ndim == y.ndim + 1 and z.shape[:1] + z.shape[2:] == y.shape:  # (B, K, *S)
+        z = np.moveaxis(z, 1, -1)
+    elif z.ndim == y.ndim + 1 and z.shape[1:] == y.shape:  # (K, *S)
+        z = np.moveaxis(z, 0, -1)
+    else:
+        raise ValueError(
+            f"logits: shape {tuple(z.shape)} does not match labels {tuple(y.shape)} as "
+            "(K, *spatial), (B, K, *spatial) or (*spatial)"
+        )
+    k = z.shape[-1]
+    z = z.reshape(-1, k).astype(np.float64)
+    y = y.reshape(-1).astype(np.int64)
+    if mask is not None:
+        keep = to_numpy(mask).reshape(-1).astype(bool)
+        z, y = z[keep], y[keep]
+    if y.size == 0:
+        raise ValueError("labels: no pixels to fit")
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(f"labels: expected values in [0, {k - 1}], got [{y.min()}, {y.max()}]")
+    z_y = z[np.arange(y.size), y]
+
+    def nll_grad(log_t: np.ndarray) -> tuple[float, np.ndarray]:
+        t = float(np.exp(log_t[0]))
+        s = z / t
+        m = s.max(axis=1, keepdims=True)
+        e = np.exp(s - m)
+        den = e.sum(axis=1)
+        lse = np.log(den) + m[:, 0]
+        nll = float(np.mean(lse - z_y / t))
+        expected_z = (e * z).sum(axis=1) / den
+        grad = float(np.mean(z_y - expected_z)) / t
+        return nll, np.array([grad])
+
+    nll_before = nll_grad(np.zeros(1))[0]
+    res = minimize(
+        nll_grad,
+        np.zeros(1),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(np.log(1e-3), np.log(1e3))],
+        options={"maxiter": max_iter},
+    )
+    temperature = float(np.exp(res.x[0]))
+    nll_after = nll_grad(res.x)[0]
+
+    def ece_at(t: float) -> float:
+        s = z / t
+        p = np.exp(s - s.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        return calibration(p.T, y, n_bins=n_bins).ece
+
+    return TemperatureFit(
+        temperature=temperature,
+        nll_before=nll_before,
+        nll_after=min(nll_after, nll_before),
+        ece_before=ece_at(1.0),
+        ece_after=ece_at(temperature),
+        n_pixels=int(y.size),
+    )
+
+
+def _confidence_correct(
+    probs: Any, labels: Any, confidence: str, mask: Any, foreground_map: bool | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Return flat float64 ``(confidence, correctness)`` and the label kind ("hard"/"soft")."""
+    if tuple(probs.shape) == ():
+        raise ValueError("probs: expected shape (K, *spatial) or (*spatial), got a scalar")
+    if is_torch(labels):
+        soft = labels.is_floating_point()
+    else:
+        labels = np.asarray(labels)
+        soft = np.issubdtype(labels.dtype, np.floating)
+    if not soft and not (is_torch(labels) or np.issubdtype(labels.dtype, np.integer)):
+        if labels.dtype != bool:
+            raise ValueError(f"labels: expected integer or floating labels, got {labels.dtype}")
+    pshape, lshape = tuple(probs.shape), tuple(labels.shape)
+    if foreground_map is None:
+        foreground_map = pshape == lshape and (not soft or len(pshape) == 2)
+    elif foreground_map and pshape != lshape:
+        raise ValueError(f"labels: expected shape {pshape} like the foreground map, got {lshape}")
+    spatial = pshape if foreground_map else pshape[1:]
+    if not foreground_map:
+        if len(pshape) < 2 or pshape[0] < 2:
+            raise ValueError(
+                f"probs: expected (K, *spatial) with K >= 2 or a foreground map shaped like labels, "
+                f"got {pshape} for labels {lshape}"
+            )
+        want = pshape if soft else spatial
+        if lshape != want:
+            raise ValueError(f"labels: expected shape {want} for probs {pshape}, got {lshape}")
+    if confidence == "foreground" and not foreground_map and pshape[0] != 2:
+        raise ValueError(f"confidence: 'foreground' needs a binary problem, got K={pshape[0]}")
+    if is_torch(probs) or is_torch(labels):
+        conf, correct = _reduce_torch(probs, labels, foreground_map, soft, confidence)
+    else:
+        conf, correct = _reduce_numpy(np.asarray(probs), labels, foreground_map, soft, confidence)
+    conf = conf.reshape(-1)
+    correct = correct.reshape(-1)
+    if mask is not None:
+        m = to_numpy(mask).astype(bool)
+        if m.shape != spatial:
+            raise ValueError(f"mask: expected shape {spatial}, got {m.shape}")
+        m = m.reshape(-1)
+        conf, correct = conf[m], correct[m]
+    if conf.size and (not np.isfinite(conf).all() or conf.min() < -1e-6 or conf.max() > 1 + 1e-6):
+        raise ValueError("probs: probabilities must be finite and lie in [0, 1]")
+    # Rounding may push a sum-normalized probability a hair past 1; keep it in the last bin.
+    np.clip(conf, 0.0, 1.0, out=conf)
+    return conf.astype(np.float64, copy=False), correct.astype(np.float64, copy=False), (
+        "soft" if soft else "hard"
+    )
+
+
+def _reduce_numpy(
+    probs: np.ndarray, labels: np.ndarray, fg_map: bool, soft: bool, confidence: str
+) -> tuple[np.ndarray, np.ndarray]:
+    if fg_map:
+        p = probs
+        pred_fg = p > 0.5
+        if confidence == "foreground":
+            conf = p
+            correct = labels if soft else labels > 0
+        else:
+            conf = np.where(pred_fg, p, 1 - p)
+            if soft:
+                correct = np.where(pred_fg, labels, 1 - labels)
+            else:
+                correct = pred_fg == (labels > 0)
+        return np.asarray(conf, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    if confidence == "foreground":
+        conf = probs[1]
+        correct = labels[1] if soft else labels == 1
+        return np.asarray(conf, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    pred = probs.argmax(axis=0)
+    conf = np.take_along_axis(probs, pred[None], axis=0)[0]
+    if soft:
+        correct = np.take_along_axis(labels, pred[None], axis=0)[0]
+    else:
+        correct = pred == labels
+    return np.asarray(conf, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+
+
+def _reduce_torch(
+    probs: Any, labels: Any, fg_map: bool, soft: bool, confidence: str
+) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    probs = torch.as_tensor(probs)
+    labels = torch.as_tensor(labels, device=probs.device)
+    with torch.no_grad():
+        if fg_map:
+            pred_fg = probs > 0.5
+            if confidence == "foreground":
+                conf = probs
+                correct = labels if soft else labels > 0
+            else:
+                conf = torch.where(pred_fg, probs, 1 - probs)
+                correct = (
+                    torch.where(pred_fg, labels, 1 - labels) if soft else pred_fg == (labels > 0)
+                )
+        elif confidence == "foreground":
+            conf = probs[1]
+            correct = labels[1] if soft else labels == 1
+        else:
+            conf, pred = probs.max(dim=0)
+            correct = labels.gather(0, pred[None])[0] if soft else pred == labels
+    return to_numpy(conf).astype(np.float64), to_numpy(correct).astype(np.float64)

@@ -1,0 +1,405 @@
+"""Structure of a set of sampled masks: agreement, volume spread, distinct hypotheses.
+
+Per-pixel (factorized) entropy summed over an image hugely overestimates the uncertainty of
+spatially coherent masks: a circle that sits at one of ``N`` equally likely positions carries
+``log2(N)`` bits (:func:`sample_set_entropy`), not the tens of bits of :func:`factorized_entropy`.
+The measures here are computed from the samples themselves (DESIGN.md "Metric conventions").
+
+Mask sets are ``(N, *spatial)`` integer label arrays with 2 or 3 spatial axes and 0 = background;
+torch tensors are moved to numpy. Scalar results are Python floats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+
+from napari_probseg.core._validation import check_masks
+
+__all__ = [
+    "Envelope",
+    "Hypothesis",
+    "consensus",
+    "distinct_hypotheses",
+    "envelope",
+    "factorized_entropy",
+    "iou_matrix",
+    "pairwise_dice",
+    "sample_set_entropy",
+    "volume_cov",
+]
+
+# Voxels per chunk of the one-hot matrix products: float32 counts stay exact (< 2**24) per chunk
+# and are summed in float64 across chunks.
+_CHUNK_VOXELS = 1 << 20
+
+
+def _log_scale(base: float | None) -> float:
+    if base is None:
+        return 1.0
+    if not (isinstance(base, (int, float)) and math.isfinite(base) and base > 0 and base != 1):
+        raise ValueError(f"base: expected a positive number other than 1 (or None), got {base!r}")
+    return math.log(base)
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per foreground class: intersections ``(C, Na, Nb)`` and sizes ``(C, Na)``, ``(C, Nb)``.
+
+    One matrix product of flattened one-hot masks per class (chunked over voxels), no Python
+    loop over pixels or pairs.
+    """
+    na, nb = a.shape[0], b.shape[0]
+    fa, fb = a.reshape(na, -1), b.reshape(nb, -1)
+    classes = np.union1d(np.unique(fa), np.unique(fb))
+    classes = classes[classes > 0]
+    inter = np.zeros((len(classes), na, nb))
+    size_a = np.zeros((len(classes), na))
+    size_b = np.zeros((len(classes), nb))
+    v = fa.shape[1]
+    for i, c in enumerate(classes):
+        for s in range(0, v, _CHUNK_VOXELS):
+            xa = (fa[:, s : s + _CHUNK_VOXELS] == c).astype(np.float32)
+            xb = xa if b is a else (fb[:, s : s + _CHUNK_VOXELS] == c).astype(np.float32)
+            inter[i] += xa @ xb.T
+            size_a[i] += xa.sum(axis=1)
+            size_b[i] += xb.sum(axis=1)
+    return inter, size_a, size_b
+
+
+def _mean_over_present(score: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Mean over classes present in either mask of a pair; 1 where no class is present."""
+    count = present.sum(axis=0)
+    total = np.where(present, score, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), 1.0)
+
+
+def iou_matrix(masks: Any, others: Any = None) -> np.ndarray:
+    """Intersection over union between every pair of masks, averaged over foreground classes.
+
+    Parameters
+    ----------
+    masks : ndarray or Tensor, shape (N, *spatial)
+        Integer label masks, 0 = background.
+    others : ndarray or Tensor, shape (M, *spatial), optional
+        Second mask set (e.g. rater references); default ``masks`` itself.
+
+    Returns
+    -------
+    ndarray, shape (N, M)
+        ``IoU[i, j]``: for each foreground class present in mask ``i`` or mask ``j``, the IoU of
+        that class, averaged over those classes; ``IoU(empty, empty) = 1``.
+
+    Raises
+    ------
+    ValueError
+        Invalid masks, or ``others`` with another spatial shape.
+    """
+    a = check_masks(masks, "masks")
+    b = a if others is None else check_masks(others, "others")
+    if b.shape[1:] != a.shape[1:]:
+        raise ValueError(f"others: spatial shape {b.shape[1:]} differs from masks {a.shape[1:]}")
+    inter, sa, sb = _overlaps(a, b)
+    union = sa[:, :, None] + sb[:, None, :] - inter
+    present = union > 0
+    iou = np.where(present, inter / np.maximum(union, 1), 0.0)
+    return _mean_over_present(iou, present)
+
+
+def pairwise_dice(masks: Any) -> float:
+    """Mean Dice over all pairs of distinct samples ``s < t``.
+
+    Parameters
+    ----------
+    masks : ndarray or Tensor, shape (N, *spatial)
+        Integer label masks, 0 = background.
+
+    Returns
+    -------
+    float
+        Mean over pairs of the pair's Dice, itself the mean over the foreground classes present
+        in either mask of the pair; a pair of empty masks scores 1. ``NaN`` when ``N == 1``
+        (there is no pair: agreement is undefined, not perfect).
+
+    Raises
+    ------
+    ValueError
+        Invalid masks.
+    """
+    arr = check_masks(masks, "masks")
+    n = arr.shape[0]
+    if n < 2:
+        return float("nan")
+    inter, sa, _ = _overlaps(arr, arr)
+    total = sa[:, :, None] + sa[:, None, :]
+    present = total > 0
+    dice = np.where(present, 2 * inter / np.maximum(total, 1), 0.0)
+    pair = _mean_over_present(dice, present)
+    iu = np.triu_indices(n, k=1)
+    return float(pair[iu].mean())
+
+
+def volume_cov(masks: Any) -> float:
+    """Coefficient of variation of the per-sample foreground volume.
+
+    Parameters
+    ----------
+    masks : ndarray or Tensor, shape (N, *spatial)
+        Integer label masks; foreground = any label > 0.
+
+    Returns
+    -------
+    float
+        ``std / mean`` (population std, ddof = 0) of the foreground voxel counts; ``NaN`` when
+        the mean volume is 0; 0 for a single sample.
+
+    Raises
+    ------
+    ValueError
+        Invalid masks.
+    """
+    arr = check_masks(masks, "masks")
+    vol = np.count_nonzero(arr.reshape(arr.shape[0], -1), axis=1).astype(np.float64)
+    mean = vol.mean()
+    return float("nan") if mean == 0 else float(vol.std() / mean)
+
+
+def sample_set_entropy(masks: Any, *, base: float | None = 2) -> float:
+    """Entropy of the empirical distribution of the distinct masks in the sample set.
+
+    Parameters
+    ----------
+    masks : ndarray or Tensor, shape (N, *spatial)
+        Integer label masks.
+    base : float or None, optional
+        Logarithm base (default 2: bits; ``None``: nats).
+
+    Returns
+    -------
+    float
+        ``-sum_m f_m log f_m`` over the distinct masks ``m`` (identified by a BLAKE2 hash of
+        their bytes), ``f_m`` the share of samples equal to ``m``. At most ``log N``.
+
+    Raises
+    ------
+    ValueError
+        Invalid masks or ``base``.
+    """
+    scale = _log_scale(base)
+    arr = check_masks(masks, "masks")
+    arr = np.ascontiguousarray(arr.astype(np.int64, copy=False))  # same labels, same bytes
+    counts = Counter(hashlib.blake2b(m.tobytes(), digest_size=16).digest() for m in arr)
+    f = np.array(list(counts.values()), np.float64) / arr.shape[0]
+    return float(max(-(f * np.log(f)).sum() / scale, 0.0))
+
+
+def _label_counts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct labels ``(L,)`` and per-voxel counts ``(L, *spatial)`` over the samples."""
+    labels = np.unique(arr)
+    counts = np.empty((len(labels), *arr.shape[1:]), np.int32)
+    for i, lab in enumerate(labels):
+        np.sum(arr == lab, axis=0, out=counts[i])
+    return labels, counts
+
+
+def factorized_entropy(masks: Any, *, base: float | None = 2) -> float:
+    """Sum over voxels of the entropy of the per-voxel label frequencies.
+
+    Parameters
+    ----------
+    masks : ndarray or Tensor, shape (N, *spatial)
+        Integer label masks.
+    base : float or None, optional
+        Logarithm base (default 2: bits; ``None``: nats).
+
+    Returns
+    -------
+    float
+        ``sum_x H(f(x))`` where ``f_c(x)`` is the share of samples with label ``c`` at voxel
+        ``x``: the entropy of a model that treats voxels as independent. Compare with
+        :func:`sample_set_entropy`; it overestimates the uncertainty of coherent masks.
+
+    Raises
+    ------
+    ValueError
+        Invalid masks or ``base``.
+    """
+    scale = _log_scale(base)
+    arr = check_masks(masks, "masks")
+    n = arr.shape[0]
+    total = 0.0
+    for lab in np.unique(arr):
+        f = np.count_nonzero(arr == lab, axis=0) / n
+        f = f[(f > 0) & (f < 1)]
+        total -= float((f * np.log(f)).sum())
+    return max(total / scale, 0.0)
+
+
+def consensus(masks: Any) -> np.ndarray:
+    """Per-voxel majority label of the sample set.
+
+    Parameters
+    ----------
+    masks : ndarray or Tensor, shape (N, *spatial)
+        Integer label masks.
+
+    Returns
+    -------
+    ndarray, shape (*spatial)
+        The most frequent label at each voxel, same dtype as ``masks``. Ties go to the smallest
+        label, so a 50/50 split between background and foreground stays background
+        (conservative: the consensus never grows on an even vote).
+
+    Raises
+    ------
+    ValueError
+        Invalid masks.
+    """
+    arr = check_masks(masks, "masks")
+    labels, counts = _label_counts(arr)
+    # argmax returns the first maximum, i.e. the smallest label among ties (labels are sorted).
+    return labels[np.argmax(counts, axis=0)].astype(arr.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Inner and outer envelope of a sample set.
+
+    Attributes
+    ----------
+    inner : ndarray of bool, shape (*spatial)
+        Voxels foreground in at least a ``1 - q`` share of the samples (q = 0: in all of them).
+    outer : ndarray of bool, shape (*spatial)
+        Voxels foreground in more than a ``q`` share of the samples (q = 0: in any of them).
+    quantile : float
+        ``q``.
+    """
+
+    inner: np.ndarray
+    outer: np.ndarray
+    quantile: float
+
+
+def envelope(masks: Any, *, quantile: float | None = None, label: int | None = None) -> Envelope:
+    """Inner/outer envelope of the foreground over the samples (a sample-quantile envelope).
+
+    Parameters
+    ----------
+    masks : ndarray or Tensor, shape (N, *spatial)
+        Integer label masks.
+    quantile : float in [0, 0.5), optional
+        ``q``. With ``f(x)`` the share of samples where ``x`` is foreground, ``inner = f >= 1 - q``
+        and ``outer = f > q``: the q-share of most extreme samples is ignored on each side, so
+        one outlier sample does not stretch the envelope. ``None`` (default) is ``q = 0``:
+        intersection and union. ``inner`` is always inside ``outer``.
+    label : int, optional
+        Use ``masks == label`` as foreground instead of ``masks > 0``.
+
+    Returns
+    -------
+    Envelope
+
+    Raises
+    ------
+    ValueError
+        Invalid masks, ``quantile`` outside [0, 0.5) or ``label`` < 1.
+    """
+    arr = check_masks(masks, "masks")
+    q = 0.0 if quantile is None else quantile
+    if not (isinstance(q, (int, float)) and 0 <= q < 0.5):
+        raise ValueError(f"quantile: expected a share in [0, 0.5) or None, got {quantile!r}")
+    if label is not None and (isinstance(label, bool) or int(label) != label or label < 1):
+        raise ValueError(f"label: expected a foreground label >= 1 or None, got {label!r}")
+    fg = arr > 0 if label is None else arr == label
+    share = np.count_nonzero(fg, axis=0) / arr.shape[0]
+    # Tolerance so that e.g. q = 0.1 with N = 10 counts 9/10 as ">= 0.9".
+    tol = 1e-9
+    return Envelope(inner=share >= 1 - q - tol, outer=share > q + tol, quantile=float(q))
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A group of similar samples, represented by its medoid.
+
+    Attributes
+    ----------
+    mask : ndarray, shape (*spatial)
+        The medoid sample (an actual sample: the member with the smallest total ``1 - IoU`` to
+        the other members).
+    share : float
+        Share of all samples in the group.
+    members : tuple of int
+        Indices of the samples in the group.
+    spread : float
+        Mean ``1 - IoU`` between the medoid and the other members (0 for one member).
+    """
+
+    mask: np.ndarray
+    share: float
+    members: tuple[int, ...]
+    spread: float
+
+
+def distinct_hypotheses(
+    masks: Any, *, max_distance: float = 0.2, max_hypotheses: int = 8
+) -> list[Hypothesis]:
+    """Group the samples into distinct hypotheses by average-linkage clustering on ``1 - IoU``.
+
+    Parameters
+    ----------
+    masks : ndarray or Tensor, shape (N, *spatial)
+        Integer label masks.
+    max_distance : float in [0, 1], optional
+        Clusters are cut where the average ``1 - IoU`` between groups exceeds this (default 0.2).
+    max_hypotheses : int, optional
+        Return at most this many groups, the most frequent ones (default 8). Shares are
+        fractions of *all* samples, so they sum to less than 1 when groups are dropped.
+
+    Returns
+    -------
+    list of Hypothesis
+        Sorted by decreasing share (ties: smallest first member first).
+
+    Raises
+    ------
+    ValueError
+        Invalid masks, ``max_distance`` outside [0, 1] or ``max_hypotheses`` < 1.
+    """
+    arr = check_masks(masks, "masks")
+    if not (isinstance(max_distance, (int, float)) and 0 <= max_distance <= 1):
+        raise ValueError(f"max_distance: expected a distance in [0, 1], got {max_distance!r}")
+    if isinstance(max_hypotheses, bool) or int(max_hypotheses) != max_hypotheses:
+        raise ValueError(f"max_hypotheses: expected an integer >= 1, got {max_hypotheses!r}")
+    if max_hypotheses < 1:
+        raise ValueError(f"max_hypotheses: expected an integer >= 1, got {max_hypotheses!r}")
+    n = arr.shape[0]
+    dist = 1.0 - iou_matrix(arr)
+    np.fill_diagonal(dist, 0.0)
+    dist = np.clip((dist + dist.T) / 2, 0.0, 1.0)
+    if n == 1:
+        groups = np.ones(1, int)
+    else:
+        tree = linkage(squareform(dist, checks=False), method="average")
+        groups = fcluster(tree, t=max_distance, criterion="distance")
+    hypotheses = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        sub = dist[np.ix_(members, members)]
+        best = int(np.argmin(sub.sum(axis=1)))
+        spread = float(sub[best].sum() / (len(members) - 1)) if len(members) > 1 else 0.0
+        hypotheses.append(
+            Hypothesis(
+                mask=arr[members[best]].copy(),
+                share=len(members) / n,
+                members=tuple(int(m) for m in members),
+                spread=spread,
+            )
+        )
+    hypotheses.sort(key=lambda h: (-h.share, h.members[0]))
+    return hypotheses[: int(max_hypotheses)]

@@ -1,0 +1,322 @@
+"""Model cards: a JSON (or YAML) description of a segmentation model and how to sample from it.
+
+A card names the architecture (a MONAI network or a ``module:factory`` plus its arguments and the
+wrapper kind), the weights file (safetensors, or a torch state dict loaded with
+``weights_only=True``; TorchScript/pickled models only with ``trust=True``), the classes, the input
+(channels, spatial dimensions, normalization, spacing, patch size), the supported sampling methods
+with their parameters, the default method, how the model was trained and its held-out metrics.
+
+Example (JSON)::
+
+    {
+      "schema_version": 1,
+      "name": "lesions2d-dropout-unet",
+      "architecture": {"wrapper": "plain", "network": "BasicUNet",
+                       "args": {"spatial_dims": 2, "features": [16, 16, 32, 64, 128, 16],
+                                "dropout": 0.1, "norm": "batch"},
+                       "dropout_mode": "channel"},
+      "weights": {"path": "lesions2d-dropout-unet.safetensors", "format": "safetensors",
+                  "sha256": "..."},
+      "classes": ["background", "lesion"], "in_channels": 1, "spatial_dims": 2,
+      "normalization": {"kind": "zscore"}, "spacing": [1.0, 1.0], "patch_size": [128, 128],
+      "methods": {"softmax": {"temperature": 1.2}, "mc_dropout": {"p": 0.1}, "tta": {}},
+      "default_method": "mc_dropout",
+      "training": {...}, "metrics": {...}
+    }
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from napari_probseg.models.errors import MissingModelFileError, ModelCardError
+
+__all__ = [
+    "BASE_METHODS",
+    "NORMALIZATIONS",
+    "SCHEMA_VERSION",
+    "WEIGHT_FORMATS",
+    "WRAPPERS",
+    "ModelCard",
+    "card_sha256",
+    "file_sha256",
+    "load_card",
+]
+
+SCHEMA_VERSION = 1
+WRAPPERS = ("plain", "ssn", "prob_unet", "ensemble")
+WEIGHT_FORMATS = ("safetensors", "state_dict", "torchscript", "pickle")
+# the kinds understood by the engine (napari_probseg.engine.normalize)
+NORMALIZATIONS = ("zscore", "percentile", "window", "minmax", "none")
+BASE_METHODS = ("softmax", "mc_dropout", "ensemble", "tta", "ssn", "prob_unet", "laplace")
+
+# Which base methods each wrapper kind can serve (tta composes with any of them).
+_WRAPPER_METHODS = {
+    "plain": {"softmax", "mc_dropout", "tta", "laplace"},
+    "ensemble": {"ensemble", "tta"},
+    "ssn": {"ssn", "tta"},
+    "prob_unet": {"prob_unet", "tta"},
+}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Return the hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def card_sha256(card: ModelCard | str | Path) -> str:
+    """Return the sha256 of a card: of its file when it has one, else of its canonical JSON."""
+    if isinstance(card, ModelCard):
+        if card.path is not None and Path(card.path).is_file():
+            return file_sha256(card.path)
+        return hashlib.sha256(card.to_json().encode()).hexdigest()
+    return file_sha256(card)
+
+
+@dataclass
+class ModelCard:
+    """A model card (see the module docstring for the file format).
+
+    Attributes
+    ----------
+    name : str
+        Identifier of the model.
+    architecture : dict
+        ``wrapper`` (one of `WRAPPERS`), ``network`` (a name in ``monai.networks.nets``) or
+        ``factory`` (``"module:callable"``), ``args`` (keyword arguments) and wrapper-specific keys:
+        ``dropout_mode`` ("channel" | "element"), ``members`` (ensemble), ``rank`` (ssn),
+        ``latent_dim`` (prob_unet), ``feature_layer`` (the 1x1 output conv cut off to get features,
+        default ``"final_conv"``), ``last_layer`` (laplace, default ``"final_conv"``).
+    weights : dict
+        ``path`` (relative to the card), ``format`` (one of `WEIGHT_FORMATS`), optional ``sha256``.
+    classes : list of str
+        Class names, background first.
+    in_channels, spatial_dims : int
+    normalization : dict
+        ``{"kind": "zscore"}``, ``{"kind": "percentile", "low": 1, "high": 99}``,
+        ``{"kind": "window", "center": c, "width": w}``, ``{"kind": "minmax"}`` or
+        ``{"kind": "none"}``; applied by ``napari_probseg.engine.normalize``.
+    spacing : tuple of float or None
+        Pixel spacing of the training data, spatial axes (plane, row, column).
+    patch_size : tuple of int
+        Tile size the engine should use.
+    methods : dict of str to dict
+        Supported base methods and their parameters; ``"tta+<inner>"`` is available when both ``tta``
+        and ``<inner>`` are (see `available_methods`).
+    default_method : str
+    description : str
+    training : dict
+        How the model was trained (data, epochs, seed...).
+    metrics : dict
+        Held-out metrics (e.g. Dice of the consensus, GED16).
+    schema_version : int
+    path : Path or None
+        File the card was read from; relative file names resolve against its folder.
+    """
+
+    name: str
+    architecture: dict[str, Any]
+    weights: dict[str, Any]
+    classes: list[str]
+    in_channels: int
+    spatial_dims: int
+    normalization: dict[str, Any]
+    patch_size: tuple[int, ...]
+    methods: dict[str, dict[str, Any]]
+    default_method: str
+    spacing: tuple[float, ...] | None = None
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    path: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.classes = [str(c) for c in self.classes]
+        self.patch_size = tuple(int(p) for p in self.patch_size)
+        if self.spacing is not None:
+            self.spacing = tuple(float(s) for s in self.spacing)
+        self.methods = {str(k): dict(v or {}) for k, v in dict(self.methods).items()}
+        self.validate()
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise `ModelCardError` naming the first invalid field."""
+
+        def bad(field_name: str, msg: str) -> ModelCardError:
+            return ModelCardError(f"{field_name}: {msg} (card {self.name!r})")
+
+        if not isinstance(self.name, str) or not self.name:
+            raise ModelCardError("name: expected a non-empty string")
+        if self.schema_version != SCHEMA_VERSION:
+            raise bad("schema_version", f"unsupported version {self.schema_version!r}")
+        arch = self.architecture
+        if not isinstance(arch, dict):
+            raise bad("architecture", "expected a mapping")
+        if arch.get("wrapper", "plain") not in WRAPPERS:
+            raise bad("architecture.wrapper", f"expected one of {WRAPPERS}, got {arch['wrapper']!r}")
+        if ("network" in arch) == ("factory" in arch):
+            raise bad("architecture", "give exactly one of 'network' (MONAI name) or 'factory'")
+        if "factory" in arch and ":" not in str(arch["factory"]):
+            raise bad("architecture.factory", f"expected 'module:callable', got {arch['factory']!r}")
+        if not isinstance(arch.get("args", {}), dict):
+            raise bad("architecture.args", "expected a mapping of keyword arguments")
+        if arch.get("wrapper") == "ensemble" and int(arch.get("members", 0)) < 1:
+            raise bad("architecture.members", "an ensemble needs members >= 1")
+        if arch.get("wrapper") == "ssn" and int(arch.get("rank", 0)) < 1:
+            raise bad("architecture.rank", "an SSN needs rank >= 1")
+        if arch.get("wrapper") == "prob_unet" and int(arch.get("latent_dim", 0)) < 1:
+            raise bad("architecture.latent_dim", "a probabilistic U-Net needs latent_dim >= 1")
+        if not isinstance(self.weights, dict) or "path" not in self.weights:
+            raise bad("weights", "expected a mapping with a 'path'")
+        if self.weights.get("format", "safetensors") not in WEIGHT_FORMATS:
+            raise bad("weights.format", f"expected one of {WEIGHT_FORMATS}")
+        if len(self.classes) < 2:
+            raise bad("classes", f"expected at least 2 class names, got {self.classes}")
+        if self.spatial_dims not in (2, 3):
+            raise bad("spatial_dims", f"expected 2 or 3, got {self.spatial_dims!r}")
+        if int(self.in_channels) < 1:
+            raise bad("in_channels", f"expected >= 1, got {self.in_channels!r}")
+        if len(self.patch_size) != self.spatial_dims or min(self.patch_size) < 1:
+            raise bad("patch_size", f"expected {self.spatial_dims} positive sizes")
+        if self.spacing is not None and len(self.spacing) != self.spatial_dims:
+            raise bad("spacing", f"expected {self.spatial_dims} values")
+        kind = self.normalization.get("kind") if isinstance(self.normalization, dict) else None
+        if kind not in NORMALIZATIONS:
+            raise bad("normalization.kind", f"expected one of {NORMALIZATIONS}, got {kind!r}")
+        if kind == "window" and not (
+            {"center", "width"} <= set(self.normalization) or "window" in self.normalization
+        ):
+            raise bad("normalization", "a window needs 'center' and 'width'")
+        allowed = _WRAPPER_METHODS[arch.get("wrapper", "plain")]
+        for m in self.methods:
+            if m not in BASE_METHODS:
+                raise bad("methods", f"unknown method {m!r}; known: {', '.join(BASE_METHODS)}")
+            if m not in allowed:
+                raise bad("methods", f"method {m!r} cannot run on a {arch['wrapper']!r} network")
+        if self.default_method not in self.available_methods:
+            raise bad("default_method", f"{self.default_method!r} is not among {self.methods}")
+
+    # -- convenience --------------------------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def wrapper(self) -> str:
+        return str(self.architecture.get("wrapper", "plain"))
+
+    @property
+    def available_methods(self) -> list[str]:
+        """Base methods, then the TTA compositions ``"tta+<inner>"``.
+
+        ``"tta"`` alone (TTA over the softmax) is listed only for plain networks; on other wrappers
+        ``"tta"`` in `methods` just enables ``"tta+<wrapper method>"``.
+        """
+        # "tta" alone is TTA over the plain softmax, so only plain networks list it
+        names = [m for m in self.methods if m != "tta" or self.wrapper == "plain"]
+        if "tta" in self.methods:
+            names += [f"tta+{m}" for m in self.methods if m not in ("tta", "softmax")]
+        return names
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the card file (of its canonical JSON when not read from a file)."""
+        return card_sha256(self)
+
+    def resolve(self, relative: str | Path) -> Path:
+        """Resolve a file name of the card against the card's folder."""
+        p = Path(relative)
+        if not p.is_absolute() and self.path is not None:
+            p = Path(self.path).parent / p
+        return p
+
+    @property
+    def weights_path(self) -> Path:
+        return self.resolve(self.weights["path"])
+
+    # -- (de)serialization --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of the card (without ``path``)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "path":
+                continue
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return json.loads(json.dumps(out))  # deep copy, plain types only
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the card as JSON, or YAML when ``path`` ends in ``.yaml``/``.yml``."""
+        path = Path(path)
+        text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json()
+        path.write_text(text, encoding="utf-8")
+        self.path = path
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, path: str | Path | None = None) -> ModelCard:
+        """Build a card from a dict; unknown keys raise `ModelCardError`."""
+        if not isinstance(data, dict):
+            raise ModelCardError(f"card: expected a mapping, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"path"}
+        unknown = set(data) - names
+        if unknown:
+            raise ModelCardError(f"card: unknown field(s) {sorted(unknown)}")
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        missing = required - set(data)
+        if missing:
+            raise ModelCardError(f"card: missing field(s) {sorted(missing)}")
+        try:
+            return cls(**data, path=Path(path) if path is not None else None)
+        except (TypeError, KeyError) as exc:
+            raise ModelCardError(f"card: invalid field value ({exc})") from exc
+
+
+def load_card(path: str | Path) -> ModelCard:
+    """Read a card from a JSON or YAML file.
+
+    Raises
+    ------
+    MissingModelFileError
+        If the file does not exist.
+    ModelCardError
+        If it cannot be parsed or is invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingModelFileError(f"path: model card {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json/yaml raise various types
+        raise ModelCardError(f"path: cannot parse model card {str(path)!r}: {exc}") from exc
+    return ModelCard.from_dict(data, path=path)

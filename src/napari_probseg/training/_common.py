@@ -1,0 +1,238 @@
+"""Shared training utilities: synthetic multi-rater data, losses per wrapper, held-out evaluation,
+temperature fitting and writing cards + safetensors.
+
+Training samples one random rater per image crop at every step, so the models see the raters'
+disagreement as label noise (dropout/ensemble/softmax) or learn it as a distribution (SSN,
+probabilistic U-Net).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from napari_probseg.data.synthetic import make_lesions
+from napari_probseg.engine import normalize
+from napari_probseg.models.cards import ModelCard, file_sha256
+from napari_probseg.models.methods import Method
+from napari_probseg.models.networks import MemberEnsemble, ProbUNet, SSNNet
+
+__all__ = [
+    "Dataset",
+    "evaluate_method",
+    "fit_temperature",
+    "ged16",
+    "lesion_dataset",
+    "mean_mutual_information",
+    "save_model",
+    "train_network",
+]
+
+
+@dataclass
+class Dataset:
+    """Normalized images ``x`` (n, 1, *S) float32 and rater masks ``raters`` (n, R, *S) int64."""
+
+    x: torch.Tensor
+    raters: torch.Tensor
+
+    @property
+    def majority(self) -> torch.Tensor:
+        """Strict-majority mask of the raters, (n, *S) int64 (2 of 4 is not a majority)."""
+        return (self.raters.float().mean(1) > 0.5).long()
+
+
+def lesion_dataset(
+    n: int, *, ndim: int, seed: int, normalization: dict[str, Any], shift: bool = False,
+    shape: tuple[int, ...] | None = None,
+) -> Dataset:
+    """Synthetic lesions (``napari_probseg.data.synthetic.make_lesions``), normalized as the card."""
+    data = make_lesions(n, ndim=ndim, shape=shape, n_raters=4, shift=shift, seed=seed)
+    x = np.stack([normalize(img[None], normalization) for img in data.images])
+    return Dataset(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(data.raters).long())
+
+
+def _crops(
+    ds: Dataset, batch: int, patch: tuple[int, ...], rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops with one random rater each; half of the crops are centred on a lesion pixel."""
+    xs, ys = [], []
+    spatial = ds.x.shape[2:]
+    for _ in range(batch):
+        i = int(rng.integers(len(ds.x)))
+        r = int(rng.integers(ds.raters.shape[1]))
+        y = ds.raters[i, r]
+        fg = torch.nonzero(ds.raters[i].amax(0))
+        if len(fg) and rng.random() < 0.5:
+            centre = fg[int(rng.integers(len(fg)))].numpy()
+            start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, patch, spatial)]
+        else:
+            start = [int(rng.integers(s - p + 1)) for p, s in zip(patch, spatial)]
+        sl = tuple(slice(a, a + p) for a, p in zip(start, patch))
+        xs.append(ds.x[i][(slice(None), *sl)])
+        ys.append(y[sl])
+    return torch.stack(xs), torch.stack(ys)
+
+
+def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ssn_samples: int = 16) -> torch.Tensor:
+    """Training loss of each wrapper kind (per pixel)."""
+    if isinstance(net, SSNNet):
+        # Monteiro et al. 2020: MC estimate of log p(y|x) = log mean_m p(y | eta_m), eta_m
+        # reparameterized from the low-rank Gaussian.
+        mu, factor, diag = net(x)
+        b, k = mu.shape[:2]
+        m = ssn_samples
+        eps = torch.randn(m, b, factor.shape[2], device=x.device)
+        low = torch.einsum("mbr,bkr...->mbk...", eps, factor)
+        logits = mu + low + diag.sqrt() * torch.randn(m, *mu.shape, device=x.device)
+        ll = -F.cross_entropy(
+            logits.reshape(m * b, k, *mu.shape[2:]), y.repeat(m, *([1] * (y.ndim - 1))),
+            reduction="none",
+        ).reshape(m, b, -1).sum(-1)
+        n_pix = y[0].numel()
+        return -(torch.logsumexp(ll, 0) - math.log(m)).mean() / n_pix
+    if isinstance(net, ProbUNet):
+        # Kohl et al. 2018: ELBO with the posterior net seeing the rater's mask (beta = 1).
+        onehot = F.one_hot(y, net.n_classes).movedim(-1, 1).float()
+        mu_q, ls_q = net.posterior(torch.cat([x, onehot], 1))
+        mu_p, ls_p = net.prior(x)
+        z = mu_q + ls_q.exp() * torch.randn_like(mu_q)
+        ce = F.cross_entropy(net.decode(net.features(x), z), y)
+        kl = (ls_p - ls_q + (ls_q.exp() ** 2 + (mu_q - mu_p) ** 2) / (2 * ls_p.exp() ** 2) - 0.5)
+        return ce + kl.sum(1).mean() / y[0].numel()
+    return F.cross_entropy(net(x), y)
+
+
+def train_network(
+    net: nn.Module,
+    ds: Dataset,
+    *,
+    steps: int,
+    batch: int,
+    patch: tuple[int, ...],
+    seed: int,
+    lr: float = 2e-3,
+    log: Callable[[str], None] = print,
+    label: str = "",
+) -> dict[str, Any]:
+    """Train ``net`` (Adam, cosine decay) on random crops with a random rater each; seeded."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
+    net.train()
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(steps):
+        x, y = _crops(ds, batch, patch, rng)
+        loss = _loss(net, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if (step + 1) % max(1, steps // 5) == 0:
+            log(f"  {label} step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    net.eval()
+    return {"steps": steps, "batch": batch, "patch": list(patch), "lr": lr, "seed": seed,
+            "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def ged16(samples: np.ndarray, raters: np.ndarray) -> float:
+    """GED^2 with d = 1 - IoU, self-pairs included (``napari_probseg.core.observer.ged``)."""
+    from napari_probseg.core.observer import ged
+
+    return float(ged(samples, raters, n_samples=16, n_classes=2).ged)
+
+
+def mean_mutual_information(probs: torch.Tensor) -> float:
+    """Mean over pixels of MI = H[E p] - E H[p] (nats) of samples (N, K, *S)."""
+    def h(p: torch.Tensor) -> torch.Tensor:
+        return -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+
+    mean = probs.mean(0, keepdim=True)
+    mi = h(mean)[0] - h(probs).mean(0)
+    return float(mi.clamp_min(0).mean())
+
+
+@torch.no_grad()
+def evaluate_method(
+    method: Method, ds: Dataset, *, n_samples: int = 16, seed: int = 0
+) -> dict[str, float]:
+    """Held-out Dice of the consensus (argmax of the mean) vs the raters' strict majority, GED16 vs
+    the four raters, and the mean mutual information; means over the images."""
+    dice, geds, mis = [], [], []
+    maj = ds.majority
+    for i in range(len(ds.x)):
+        g = torch.Generator().manual_seed(seed + i)
+        n = 1 if method.deterministic else n_samples
+        probs = method.sample(ds.x[i : i + 1], n, generator=g).cpu()
+        cons = probs.mean(0).argmax(0)
+        inter = float(((cons == 1) & (maj[i] == 1)).sum())
+        denom = float((cons == 1).sum() + (maj[i] == 1).sum())
+        dice.append(1.0 if denom == 0 else 2 * inter / denom)
+        masks = probs.argmax(1).numpy().astype(np.uint8)
+        if n < n_samples:
+            masks = np.repeat(masks, n_samples // n, axis=0)
+        geds.append(ged16(masks, ds.raters[i].numpy().astype(np.uint8)))
+        mis.append(mean_mutual_information(probs))
+    return {"dice_consensus_vs_majority": float(np.mean(dice)), "ged16": float(np.mean(geds)),
+            "mean_mutual_information": float(np.mean(mis)), "n_images": len(ds.x),
+            "n_samples": n_samples}
+
+
+@torch.no_grad()
+def fit_temperature(net: nn.Module, ds: Dataset, *, targets: str = "raters") -> float:
+    """Temperature minimising the held-out NLL of softmax(logits / T) against every rater's mask
+    (a 1-D search over log T: a grid, then a golden-section refinement)."""
+    net.eval()
+    logits = torch.cat([net(ds.x[i : i + 1]) for i in range(len(ds.x))])
+    logp_cache: dict[float, float] = {}
+
+    def nll(log_t: float) -> float:
+        if log_t not in logp_cache:
+            logp = torch.log_softmax(logits / math.exp(log_t), 1)
+            vals = [-logp.gather(1, ds.raters[:, r : r + 1]).mean() for r in range(ds.raters.shape[1])]
+            logp_cache[log_t] = float(torch.stack(vals).mean())
+        return logp_cache[log_t]
+
+    grid = np.linspace(-1.5, 1.5, 31)
+    best = float(grid[int(np.argmin([nll(float(t)) for t in grid]))])
+    lo, hi = best - 0.1, best + 0.1
+    phi = (math.sqrt(5) - 1) / 2
+    for _ in range(20):
+        a, b = hi - phi * (hi - lo), lo + phi * (hi - lo)
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return float(math.exp((lo + hi) / 2))
+
+
+def save_model(card: ModelCard, net: nn.Module, folder: Path) -> ModelCard:
+    """Write ``net``'s weights as safetensors next to the card, record their sha256, save the card."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wpath = folder / card.weights["path"]
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(wpath), metadata={"model": card.name})
+    card.weights["sha256"] = file_sha256(wpath)
+    card.save(folder / f"{card.name}.json")
+    return card
+
+
+def member_nets(net: nn.Module) -> list[nn.Module]:
+    """The members of an ensemble (trained one after the other), or ``[net]``."""
+    return list(net.members) if isinstance(net, MemberEnsemble) else [net]

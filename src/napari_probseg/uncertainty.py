@@ -1,0 +1,64 @@
+"""Public uncertainty API: entropy decomposition, structure measures, aggregation and regions.
+
+Thin re-exports of :mod:`napari_probseg.core` (``from napari_probseg.uncertainty import
+decompose``). Importing this module does not import torch; tensors are handled lazily when given.
+"""
+
+from __future__ import annotations
+
+from napari_probseg.core.aggregate import AGGREGATIONS, AggregateScore, aggregate, patch_means
+from napari_probseg.core.regions import Region, TopRegions, top_regions
+from napari_probseg.core.structure import (
+    Envelope,
+    Hypothesis,
+    consensus,
+    distinct_hypotheses,
+    envelope,
+    factorized_entropy,
+    iou_matrix,
+    pairwise_dice,
+    sample_set_entropy,
+    volume_cov,
+)
+from napari_probseg.core.uncertainty import (
+    SOURCES,
+    TERMS,
+    Decomposition,
+    UncertaintyAccumulator,
+    UncertaintyMaps,
+    decompose,
+    entropy,
+    stitch_maps,
+    term_label,
+    term_meanings,
+)
+
+__all__ = [
+    "AGGREGATIONS",
+    "SOURCES",
+    "TERMS",
+    "AggregateScore",
+    "Decomposition",
+    "Envelope",
+    "Hypothesis",
+    "Region",
+    "TopRegions",
+    "UncertaintyAccumulator",
+    "UncertaintyMaps",
+    "aggregate",
+    "consensus",
+    "decompose",
+    "distinct_hypotheses",
+    "entropy",
+    "envelope",
+    "factorized_entropy",
+    "iou_matrix",
+    "pairwise_dice",
+    "patch_means",
+    "sample_set_entropy",
+    "stitch_maps",
+    "term_label",
+    "term_meanings",
+    "top_regions",
+    "volume_cov",
+]

@@ -1,0 +1,112 @@
+"""Synthetic ``PredictionResult`` objects for the napari-layer tests (no model, known geometry)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_probseg.core.uncertainty import decompose, term_meanings
+from napari_probseg.engine import image_signature
+from napari_probseg.engine._types import PredictionResult
+
+
+def disc_probs(
+    shape: tuple[int, ...], centers: list[tuple[float, ...]], radius: float, width: float
+) -> np.ndarray:
+    """Soft discs: probabilities (N, 2, *shape), one disc (ball in 3D) per sample."""
+    grid = np.indices(shape, dtype=np.float64)
+    out = []
+    for c in centers:
+        d = np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c)))
+        p1 = 1.0 / (1.0 + np.exp(-(radius - d) / width))
+        out.append(np.stack([1 - p1, p1]))
+    return np.asarray(out, dtype=np.float32)
+
+
+def make_result(
+    *,
+    ndim: int = 2,
+    source: tuple[str, ...] = ("parameter",),
+    method: str = "mc_dropout",
+    shifts: tuple[int, ...] = (0, 0, 0, 0, 0, 0, 6, 6),
+    width: float = 1.0,
+    image: np.ndarray | None = None,
+    scale: tuple[float, ...] | None = None,
+) -> tuple[np.ndarray, PredictionResult]:
+    """Return (image, result): samples are discs shifted along the last axis by ``shifts``.
+
+    With the default shifts, 6 of 8 samples sit at one position and 2 at another, so the distinct
+    hypotheses have shares 75% and 25%.
+    """
+    shape = (40, 48) if ndim == 2 else (6, 32, 40)
+    center = tuple(s / 2 for s in shape[:-1]) + (shape[-1] / 2 - 4,)
+    centers = [(*center[:-1], center[-1] + s) for s in shifts]
+    radius = 8.0 if ndim == 2 else 6.0
+    probs = disc_probs(shape, centers, radius, width)
+    maps = decompose(probs, source=source).to_numpy()
+    if image is None:
+        image = (probs[:, 1].mean(0) + 0.05 * np.random.default_rng(0).normal(size=shape)).astype(
+            np.float32
+        )
+    scale = scale or ((1.0,) * ndim if ndim == 2 else (2.0, 1.0, 1.0))
+    result = PredictionResult(
+        samples=probs.argmax(axis=1).astype(np.uint8),
+        maps=maps,
+        method=method,
+        source=source,
+        n_samples=len(shifts),
+        meanings=term_meanings(source),
+        class_names=["background", "lesion"],
+        scale=scale,
+        input_signature=image_signature(image),
+        provenance={"method": method, "n_samples": len(shifts), "seed": 0},
+    )
+    return image, result
+
+
+def tiny_card(
+    folder, *, wrapper: str = "plain", spatial_dims: int = 2, name: str | None = None
+) -> str:
+    """Write a tiny, randomly initialised (seeded) model card + safetensors file; return its path.
+
+    ``wrapper="plain"`` serves softmax and MC dropout, ``"ssn"`` a stochastic segmentation network.
+    """
+    import json
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import save_file
+
+    from napari_probseg.models.cards import ModelCard
+    from napari_probseg.models.networks import build_network
+
+    folder = Path(folder)
+    name = name or f"tiny-{wrapper}-{spatial_dims}d"
+    methods = {"softmax": {}, "mc_dropout": {"p": 0.3}} if wrapper == "plain" else {"ssn": {}}
+    arch = {
+        "wrapper": wrapper,
+        "network": "BasicUNet",
+        "args": {"features": [4, 4, 4, 4, 4, 4], "dropout": 0.3},
+        "dropout_mode": "channel",
+    }
+    if wrapper == "ssn":
+        arch["rank"] = 2
+    card = {
+        "schema_version": 1,
+        "name": name,
+        "architecture": arch,
+        "weights": {"path": f"{name}.safetensors", "format": "safetensors"},
+        "classes": ["background", "lesion"],
+        "in_channels": 1,
+        "spatial_dims": spatial_dims,
+        "normalization": {"kind": "zscore"},
+        "patch_size": [32] * spatial_dims if spatial_dims == 2 else [16, 32, 32],
+        "methods": methods,
+        "default_method": next(iter(methods)) if wrapper != "plain" else "mc_dropout",
+    }
+    torch.manual_seed(0)
+    net = build_network(ModelCard.from_dict(card))
+    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(folder / f"{name}.safetensors"))
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(card))
+    return str(path)

@@ -1,0 +1,205 @@
+"""Layer conversion and the review summary, without a viewer (known answers from the definitions)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from napari_helpers import make_result
+
+from napari_probseg._napari._layers import (
+    VISIBLE,
+    Placement,
+    annotation_layer,
+    contour_paths,
+    highlight_mask,
+    layer_name,
+    prediction_layers,
+    sample_contours,
+)
+from napari_probseg._napari._regions_nav import region_view
+from napari_probseg._napari._summary import interpret, interpret_maps, mi_fraction
+
+
+def _by_what(layers):
+    return {kw["metadata"]["probseg"]["what"]: (data, kw, kind) for data, kw, kind in layers}
+
+
+def test_highlight_mask_keeps_the_top_share_and_never_zero():
+    umap = np.arange(100, dtype=float).reshape(10, 10)
+    mask = highlight_mask(umap, 0.05)
+    assert mask.dtype == np.uint8
+    assert mask.sum() == 5 and mask.ravel()[-5:].all()
+    flat = np.zeros((4, 4))
+    assert highlight_mask(flat, 0.5).sum() == 0  # nothing uncertain: nothing highlighted
+    with pytest.raises(ValueError, match="^quantile"):
+        highlight_mask(umap, 0.0)
+
+
+def test_contour_paths_of_a_square_closes_at_the_border():
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:5, 3:7] = 1
+    (path,) = contour_paths(mask, tolerance=0)
+    # find_contours at level 0.5 runs half a pixel outside the foreground pixels.
+    assert np.isclose(path[:, 0].min(), 1.5) and np.isclose(path[:, 0].max(), 4.5)
+    assert np.isclose(path[:, 1].min(), 2.5) and np.isclose(path[:, 1].max(), 6.5)
+    assert np.allclose(path[0], path[-1])  # closed
+    border = np.zeros((6, 6), np.uint8)
+    border[:3, :3] = 1
+    (p,) = contour_paths(border)
+    assert np.allclose(p[0], p[-1]) and p.min() >= -0.5 - 1e-6
+    assert contour_paths(np.zeros((5, 5))) == []
+
+
+def test_sample_contours_3d_carry_their_plane():
+    samples = np.zeros((2, 3, 8, 8), np.uint8)
+    samples[0, 1, 2:5, 2:5] = 1
+    samples[1, 2, 3:6, 3:6] = 1
+    paths, owner = sample_contours(samples)
+    assert len(paths) == 2 and owner.tolist() == [0, 1]
+    assert paths[0].shape[1] == 3 and np.all(paths[0][:, 0] == 1)
+    assert np.all(paths[1][:, 0] == 2)
+
+
+@pytest.mark.parametrize(
+    ("source", "method", "mi_name"),
+    [
+        (("parameter",), "mc_dropout", "mutual information (epistemic)"),
+        (("latent",), "ssn", "mutual information (aleatoric)"),
+    ],
+)
+def test_layers_names_meanings_visibility_and_scale(source, method, mi_name):
+    _, result = make_result(source=source, method=method)
+    placement = Placement("img", (0.5, 0.7), (3.0, -1.0))
+    layers = prediction_layers(result, placement, quantile=0.05)
+    names = [kw["name"] for _, kw, _ in layers]
+    assert all(n.startswith("img · ") for n in names)
+    assert f"img · {mi_name}" in names
+    assert "img · predictive entropy" in names
+    assert any(n.startswith("img · expected entropy (aleatoric") for n in names)
+    assert "img · hypotheses (N=8)" in names
+    assert "img · most uncertain 5% (predictive entropy)" in names
+    # Distinct hypotheses: 6 of 8 samples at one position, 2 at the other.
+    assert "img · hypothesis 1 (75%)" in names and "img · hypothesis 2 (25%)" in names
+    by = _by_what(layers)
+    visible = {w for w, (_, kw, _) in by.items() if kw["visible"]}
+    assert visible == set(VISIBLE)
+    for what, (data, kw, _) in by.items():
+        meta = kw["metadata"]["probseg"]
+        assert meta["input_signature"] == result.input_signature
+        assert meta["image"] == "img" and meta["n_samples"] == 8
+        expected = (1.0, 0.5, 0.7) if what == "hypotheses" else (0.5, 0.7)
+        assert tuple(kw["scale"]) == expected, what
+    data, kw, kind = by["hypotheses"]
+    assert kind == "labels" and data.shape == (8, 40, 48) and kw["_post"]["contour"] > 0
+    paths, kw, kind = by["contours"]
+    assert kind == "shapes" and kw["shape_type"] == "path"
+    assert sorted(set(kw["features"]["sample"].tolist())) == list(range(8))
+    assert by["mean_probability"][1]["contrast_limits"] == (0.0, 1.0)
+    assert by["predictive_entropy"][1]["contrast_limits"] == (0.0, pytest.approx(math.log(2)))
+
+
+def test_softmax_has_no_decomposition_layers():
+    _, result = make_result(source=("none",), method="softmax", shifts=(0,))
+    layers = prediction_layers(result, Placement("img", (1.0, 1.0)))
+    whats = set(_by_what(layers))
+    assert "predictive_entropy" in whats
+    assert "mutual_information" not in whats and "expected_entropy" not in whats
+
+
+def test_regions_layer_2d_rectangles_and_3d_points():
+    _, result = make_result()
+    by = _by_what(prediction_layers(result, Placement("img", (1.0, 1.0)), quantile=0.1))
+    rects, kw, kind = by["regions"]
+    assert kind == "shapes" and kw["shape_type"] == "rectangle"
+    ranks = kw["features"]["rank"]
+    assert list(ranks) == list(range(1, len(rects) + 1))
+    scores = kw["features"]["score"]
+    assert np.all(np.diff(scores) <= 0)  # ranked by decreasing score
+    _, result3 = make_result(ndim=3)
+    by3 = _by_what(prediction_layers(result3, Placement("vol", (2.0, 1.0, 1.0)), quantile=0.1))
+    points, kw3, kind3 = by3["regions"]
+    assert kind3 == "points" and points.shape[1] == 3
+    assert np.all(kw3["size"] >= 3)
+    assert kw3["features"]["term"][0] == "predictive entropy"
+
+
+def test_placement_must_match_the_samples():
+    _, result = make_result()
+    with pytest.raises(ValueError, match="^placement"):
+        prediction_layers(result, Placement("img", (1.0, 1.0, 1.0)))
+    with pytest.raises(ValueError, match="^translate"):
+        Placement("img", (1.0, 1.0), (0.0,))
+
+
+def test_annotation_layer_is_a_copy_with_its_origin():
+    from types import SimpleNamespace
+
+    _, result = make_result()
+    placement = Placement("img", (1.0, 1.0))
+    record = SimpleNamespace(result=result, output=SimpleNamespace(placement=placement), layers={})
+    data, kw, kind = annotation_layer(record, "sample", 7)
+    assert kind == "labels" and kw["name"] == layer_name("img", "annotation")
+    assert np.array_equal(data, result.samples[7]) and data is not result.samples[7]
+    data[:] = 0
+    assert result.samples[7].any()  # editing the annotation never touches the run
+    meta = kw["metadata"]["probseg"]
+    assert meta["origin"] == "sample 7" and meta["input_signature"] == result.input_signature
+    with pytest.raises(ValueError, match="^index"):
+        annotation_layer(record, "sample", 8)
+    with pytest.raises(ValueError, match="^kind"):
+        annotation_layer(record, "mean", None)
+
+
+def test_region_view_world_coordinates():
+    view = region_view([2, 4, 6, 10], scale=(0.5, 2.0), translate=(10.0, 0.0))
+    # rows 2..5 cover [1.5, 5.5] in data space -> world 10 + 0.5 * that
+    assert view.center == pytest.approx((10 + 0.5 * 3.5, 2.0 * 6.5))
+    assert view.extent == pytest.approx((2.0, 12.0))
+    assert view.zoom((400, 600), fill=0.5) == pytest.approx(min(200 / 2.0, 300 / 12.0))
+
+
+# ---------------------------------------------------------------------------- summary sentence
+def test_mi_fraction_known_answer():
+    pe = np.array([0.0, 0.5, 0.6, 0.01])
+    mi = np.array([0.0, 0.4, 0.2, 0.01])
+    # the two voxels below the threshold are ignored: (0.4 + 0.2) / (0.5 + 0.6)
+    assert mi_fraction(pe, mi) == pytest.approx(0.6 / 1.1)
+    assert math.isnan(mi_fraction(pe, None))
+    assert math.isnan(mi_fraction(np.zeros(3), np.zeros(3)))
+
+
+@pytest.mark.parametrize(
+    ("fraction", "meaning", "kind", "words"),
+    [
+        (0.8, "epistemic", "reducible", "unfamiliar"),
+        (0.2, "epistemic", "irreducible", "alternative"),
+        (0.8, "aleatoric (rater ambiguity)", "irreducible", "alternative"),
+        (0.1, "aleatoric", "irreducible", "cannot measure model unfamiliarity"),
+        (0.5, "epistemic (input) + aleatoric (latent)", "mixed", "combines"),
+        (math.nan, None, "undecomposed", "sampling method"),
+    ],
+)
+def test_interpret_decision_rule(fraction, meaning, kind, words):
+    out = interpret(mi_fraction=fraction, mi_meaning=meaning, uncertain_share=0.05)
+    assert out.kind == kind
+    assert words in out.sentence
+    assert out.sentence.count(".") >= 1
+
+
+def test_interpret_confident_and_from_maps():
+    assert interpret(mi_fraction=0.9, mi_meaning="epistemic", uncertain_share=0.0).kind == (
+        "confident"
+    )
+    # Samples that disagree on position: mutual information dominates -> reducible for MC dropout.
+    _, result = make_result(width=0.3, shifts=(0, 0, 0, 0, 6, 6, 6, 6))
+    maps = result.maps
+    out = interpret_maps(maps.predictive_entropy, maps.mutual_information, "epistemic")
+    assert out.kind == "reducible" and out.mi_fraction > 0.5
+    # Identical, blurry samples: no disagreement -> irreducible.
+    _, blurry = make_result(width=3.0, shifts=(0,) * 4)
+    m = blurry.maps
+    assert interpret_maps(m.predictive_entropy, m.mutual_information, "epistemic").kind == (
+        "irreducible"
+    )

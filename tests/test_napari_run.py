@@ -1,0 +1,200 @@
+"""Run panel in a real napari viewer: run, cancel, errors as notifications, stale results, 2D/3D."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from napari_helpers import tiny_card
+
+from napari_probseg._napari._layers import Placement
+from napari_probseg._napari._run_widget import RunWidget
+from napari_probseg._napari._runner import RunRequest
+from napari_probseg._napari._session import get_session
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cards")
+    return {
+        "plain2d": tiny_card(folder, wrapper="plain", spatial_dims=2),
+        "ssn2d": tiny_card(folder, wrapper="ssn", spatial_dims=2),
+        "plain3d": tiny_card(folder, wrapper="plain", spatial_dims=3),
+    }
+
+
+def _image(ndim: int) -> np.ndarray:
+    shape = (40, 48) if ndim == 2 else (6, 32, 40)
+    rng = np.random.default_rng(ndim)
+    img = rng.normal(size=shape).astype(np.float32)
+    img[(slice(None),) * (ndim - 2) + (slice(12, 28), slice(14, 30))] += 3.0
+    return img
+
+
+def _errors(kind: str = "ERROR") -> list[str]:
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records if n.severity.name == kind]
+
+
+def _run(qtbot, widget, **select) -> None:
+    widget.select(**select)
+    worker = widget.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+
+
+def _names(viewer) -> list[str]:
+    return [layer.name for layer in viewer.layers]
+
+
+def test_run_2d_mc_dropout_lands_named_layers(make_napari_viewer, qtbot, cards):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_image(2), name="scan", scale=(0.5, 0.5), translate=(10, 0))
+    widget = RunWidget(viewer)
+    assert widget.add_model_card(cards["plain2d"])
+    methods = [widget.method_combo.itemText(i) for i in range(widget.method_combo.count())]
+    assert methods[0] == "mc_dropout" and "softmax" in methods  # only what the card supports
+    assert widget.device_combo.itemText(0) == "auto" and "cpu" in [
+        widget.device_combo.itemText(i) for i in range(widget.device_combo.count())
+    ]
+    _run(qtbot, widget, image="scan", method="mc_dropout", n_samples=3, seed=1, device="cpu")
+    assert widget.last_error is None, widget.last_error
+    names = _names(viewer)
+    assert "scan · hypotheses (N=3)" in names
+    assert "scan · mutual information (epistemic)" in names
+    assert "scan · expected entropy (aleatoric)" in names
+    assert "scan · predictive entropy" in names
+    visible = {layer.name for layer in viewer.layers if layer.visible}
+    assert visible == {
+        "scan",
+        "scan · hypotheses (N=3)",
+        "scan · most uncertain 5% (predictive entropy)",
+        *(n for n in names if n.startswith("scan · plausible contours")),
+    }
+    hyp = viewer.layers["scan · hypotheses (N=3)"]
+    assert hyp.data.shape == (3, 40, 48) and hyp.contour > 0
+    assert tuple(hyp.scale) == (1.0, 0.5, 0.5)
+    for layer in viewer.layers:
+        if layer is image:
+            continue
+        assert tuple(layer.scale[-2:]) == (0.5, 0.5), layer.name
+        assert tuple(layer.translate[-2:]) == (10.0, 0.0), layer.name
+        meta = layer.metadata["probseg"]
+        assert meta["input_signature"] == get_session(viewer).current.result.input_signature
+        assert meta["provenance"]["n_samples"] == 3
+    assert viewer.dims.ndim == 3  # the sample axis has its slider
+
+
+def test_run_ssn_names_mutual_information_aleatoric(make_napari_viewer, qtbot, cards):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image(2), name="img")
+    widget = RunWidget(viewer)
+    widget.add_model_card(cards["ssn2d"])
+    _run(qtbot, widget, image="img", method="ssn", n_samples=2, device="cpu")
+    assert widget.last_error is None, widget.last_error
+    names = _names(viewer)
+    assert "img · mutual information (aleatoric)" in names
+    assert not any("epistemic" in n for n in names)
+
+
+def test_run_3d_lands_points_and_per_plane_contours(make_napari_viewer, qtbot, cards):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image(3), name="vol", scale=(2.0, 1.0, 1.0))
+    widget = RunWidget(viewer)
+    widget.add_model_card(cards["plain3d"])
+    _run(qtbot, widget, image="vol", method="mc_dropout", n_samples=2, device="cpu")
+    assert widget.last_error is None, widget.last_error
+    hyp = viewer.layers["vol · hypotheses (N=2)"]
+    assert hyp.data.shape == (2, 6, 32, 40) and tuple(hyp.scale) == (1.0, 2.0, 1.0, 1.0)
+    record = get_session(viewer).current
+    if "contours" in record.layers:
+        assert record.layers["contours"].ndim == 3
+    if "regions" in record.layers:
+        assert record.layers["regions"]._type_string == "points"
+
+
+def test_cancel_stops_promptly_and_keeps_nothing(make_napari_viewer, qtbot, cards):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(_image(2), name="img")
+    widget = RunWidget(viewer)
+    widget.add_model_card(cards["plain2d"])
+    request = RunRequest(
+        model=cards["plain2d"], method="mc_dropout", n_samples=400, device="cpu", batch_size=1
+    )
+    events = []
+    widget.start(layer, request, Placement("img", (1.0, 1.0)))
+    widget.worker.yielded.connect(events.append)
+    qtbot.waitUntil(lambda: any(e.stage == "sample" for e in events), timeout=60_000)
+    t0 = time.perf_counter()
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    stop = time.perf_counter() - t0
+    assert stop < 5.0, f"cancel took {stop:.1f} s"
+    assert _names(viewer) == ["img"]  # no half result
+    assert get_session(viewer).current is None
+    assert "Cancelled" in widget.status.text()
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_nan_image_is_an_error_notification(make_napari_viewer, qtbot, cards):
+    viewer = make_napari_viewer()
+    img = _image(2)
+    img[3, 4] = np.nan
+    viewer.add_image(img, name="bad")
+    widget = RunWidget(viewer)
+    widget.add_model_card(cards["plain2d"])
+    before = len(_errors())
+    _run(qtbot, widget, image="bad", method="mc_dropout", n_samples=2, device="cpu")
+    errors = _errors()[before:]
+    assert len(errors) == 1 and "NaN" in errors[0] and errors[0].startswith("probseg: run failed")
+    assert _names(viewer) == ["bad"]
+    assert widget.run_button.isEnabled()
+
+
+def test_bad_model_card_is_an_error_notification(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"name": "broken", "schema_version": 1}')
+    widget = RunWidget(viewer)
+    before = len(_errors())
+    assert widget.add_model_card(bad) is False
+    errors = _errors()[before:]
+    assert len(errors) == 1 and "broken.json" in errors[0]
+
+
+def test_stale_result_is_dropped(make_napari_viewer, qtbot, cards):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(_image(2), name="img")
+    widget = RunWidget(viewer)
+    widget.add_model_card(cards["plain2d"])
+    widget.select(image="img", method="mc_dropout", n_samples=2, device="cpu")
+    widget.run()
+    layer.data = layer.data + 1.0  # the user changes the image while the run is going
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert widget.last_error is None
+    assert _names(viewer) == ["img"]
+    assert "dropped" in widget.status.text()
+    warnings = _errors("WARNING")
+    assert any("changed during the run" in w for w in warnings)
+
+
+@pytest.mark.slow
+def test_bundled_model_runs_from_the_panel(make_napari_viewer, qtbot):
+    from napari_probseg._napari._choices import bundled_choices
+    from napari_probseg.data.synthetic import sample_case
+
+    choices = [c for c in bundled_choices() if c.spatial_dims == 2]
+    if not choices:
+        pytest.skip("no bundled 2D model yet (make train)")
+    image, _, scale = sample_case(2)
+    viewer = make_napari_viewer()
+    viewer.add_image(image[:64, :64], name="crop", scale=scale)
+    widget = RunWidget(viewer)
+    _run(qtbot, widget, image="crop", model=choices[0].key, n_samples=2, device="cpu")
+    assert widget.last_error is None, widget.last_error
+    assert "crop · hypotheses (N=2)" in _names(viewer)
