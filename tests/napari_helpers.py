@@ -10,14 +10,16 @@ from napari_probseg.engine._types import PredictionResult
 
 
 def disc_probs(
-    shape: tuple[int, ...], centers: list[tuple[float, ...]], radius: float, width: float
+    shape: tuple[int, ...], centers: list[list[tuple[float, ...]]], radius: float, width: float
 ) -> np.ndarray:
-    """Soft discs: probabilities (N, 2, *shape), one disc (ball in 3D) per sample."""
+    """Soft discs: probabilities (N, 2, *shape), the given discs (balls in 3D) per sample."""
     grid = np.indices(shape, dtype=np.float64)
     out = []
-    for c in centers:
-        d = np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c)))
-        p1 = 1.0 / (1.0 + np.exp(-(radius - d) / width))
+    for discs in centers:
+        p1 = np.zeros(shape)
+        for c in discs:
+            d = np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c)))
+            p1 = np.maximum(p1, 1.0 / (1.0 + np.exp(-(radius - d) / width)))
         out.append(np.stack([1 - p1, p1]))
     return np.asarray(out, dtype=np.float32)
 
@@ -31,16 +33,23 @@ def make_result(
     width: float = 1.0,
     image: np.ndarray | None = None,
     scale: tuple[float, ...] | None = None,
+    two_objects: bool = False,
 ) -> tuple[np.ndarray, PredictionResult]:
     """Return (image, result): samples are discs shifted along the last axis by ``shifts``.
 
     With the default shifts, 6 of 8 samples sit at one position and 2 at another, so the distinct
-    hypotheses have shares 75% and 25%.
+    hypotheses have shares 75% and 25%. ``two_objects`` adds a second, smaller disc far away whose
+    samples shift the other way (two separate uncertain regions).
     """
     shape = (40, 48) if ndim == 2 else (6, 32, 40)
-    center = tuple(s / 2 for s in shape[:-1]) + (shape[-1] / 2 - 4,)
-    centers = [(*center[:-1], center[-1] + s) for s in shifts]
     radius = 8.0 if ndim == 2 else 6.0
+    if two_objects:
+        shape = (40, 96) if ndim == 2 else (6, 32, 80)
+    center = tuple(s / 2 for s in shape[:-1]) + (radius + 8,)
+    centers = [[(*center[:-1], center[-1] + s)] for s in shifts]
+    if two_objects:
+        far = shape[-1] - radius - 10
+        centers = [[*c, (*center[:-1], far - s / 2)] for c, s in zip(centers, shifts)]
     probs = disc_probs(shape, centers, radius, width)
     maps = decompose(probs, source=source).to_numpy()
     if image is None:

@@ -234,15 +234,15 @@ def test_fit_temperature_batch_binary_and_torch():
 
 def test_errors_name_the_argument():
     p = np.full((2, 4, 4), 0.5)
-    with pytest.raises(ValueError, match="^n_bins"):
+    with pytest.raises(ValueError, match=r"^n_bins"):
         calibration(p, np.zeros((4, 4), int), n_bins=0)
-    with pytest.raises(ValueError, match="^labels"):
+    with pytest.raises(ValueError, match=r"^labels"):
         calibration(p, np.zeros((5, 4), int))
-    with pytest.raises(ValueError, match="^confidence"):
+    with pytest.raises(ValueError, match=r"^confidence"):
         calibration(np.full((3, 4, 4), 1 / 3), np.zeros((4, 4), int), confidence="foreground")
-    with pytest.raises(ValueError, match="^probs"):
+    with pytest.raises(ValueError, match=r"^probs"):
         calibration(np.full((2, 4, 4), 1.5), np.zeros((4, 4), int))
-    with pytest.raises(ValueError, match="^other"):
+    with pytest.raises(ValueError, match=r"^other"):
         CalibrationAccumulator(n_bins=3).merge(CalibrationAccumulator(n_bins=4))
-    with pytest.raises(ValueError, match="^labels"):
+    with pytest.raises(ValueError, match=r"^labels"):
         fit_temperature(np.zeros((2, 4, 4)), np.full((4, 4), 2))

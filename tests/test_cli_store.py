@@ -78,7 +78,10 @@ def test_verify_cli_names_damage(filled, capsys):
     assert str(chunk) in err and str(attrs) in err and "2 error(s)" in err
     assert main(["store", "verify", str(store.path), "--json"]) == 1
     payload = json.loads(capsys.readouterr().out)
-    assert not payload["ok"] and {p["path"] for p in payload["problems"]} == {str(chunk), str(attrs)}
+    assert not payload["ok"] and {p["path"] for p in payload["problems"]} == {
+        str(chunk),
+        str(attrs),
+    }
 
 
 def test_verify_cli_repairs_derived_state(filled, capsys):
@@ -94,8 +97,13 @@ def test_cli_store_errors_are_one_line(tmp_path, capsys):
     assert "is not a probseg project store" in capsys.readouterr().err
     (tmp_path / "new.zarr").mkdir()
     (tmp_path / "new.zarr/zarr.json").write_text(
-        json.dumps({"zarr_format": 3, "node_type": "group",
-                    "attributes": {"probseg": {"kind": "project", "schema_version": 7}}})
+        json.dumps(
+            {
+                "zarr_format": 3,
+                "node_type": "group",
+                "attributes": {"probseg": {"kind": "project", "schema_version": 7}},
+            }
+        )
     )
     assert main(["store", "info", str(tmp_path / "new.zarr")]) == 1
     assert "newer" in capsys.readouterr().err
@@ -119,16 +127,20 @@ def test_export_nnunet_per_rater(filled, tmp_path, capsys):
     img = nib.load(str(out / "imagesTr/vol_bob_0000.nii.gz"))
     np.testing.assert_allclose(img.header.get_zooms(), (0.7, 0.5, 3.0))
     np.testing.assert_allclose(np.asarray(img.dataobj), vol.transpose(2, 1, 0))
-    np.testing.assert_array_equal(_nifti(out / "labelsTr/vol_bob.nii.gz"), masks["bob"].transpose(2, 1, 0))
+    np.testing.assert_array_equal(
+        _nifti(out / "labelsTr/vol_bob.nii.gz"), masks["bob"].transpose(2, 1, 0)
+    )
     np.testing.assert_array_equal(_nifti(out / "labelsTr/flat_alice.nii.gz")[..., 0], flat.T)
     # a second export into the same folder is refused
     assert main(["export", str(store.path), "--format", "nnunet", str(out)]) == 1
 
 
 def test_export_monai_consensus(filled, tmp_path):
-    store, vol, masks, _ = filled
+    store, _vol, masks, _ = filled
     out = tmp_path / "monai"
-    assert main(["export", str(store.path), "--format", "monai", str(out), "--per", "consensus"]) == 0
+    assert (
+        main(["export", str(store.path), "--format", "monai", str(out), "--per", "consensus"]) == 0
+    )
     datalist = json.loads((out / "datalist.json").read_text())
     entries = {e["case"]: e for e in datalist["training"]}
     assert sorted(entries) == ["flat", "vol"]
@@ -139,7 +151,9 @@ def test_export_monai_consensus(filled, tmp_path):
     assert (out / entries["vol"]["image"]).is_file()
     from monai.data import load_decathlon_datalist
 
-    loaded = load_decathlon_datalist(str(out / "datalist.json"), data_list_key="training", base_dir=str(out))
+    loaded = load_decathlon_datalist(
+        str(out / "datalist.json"), data_list_key="training", base_dir=str(out)
+    )
     assert all(Path(e["label"]).is_file() for e in loaded)
 
 
@@ -158,7 +172,9 @@ def test_real_probseg_subprocess(filled):
     cmd = [exe] if exe else [sys.executable, "-m", "napari_probseg.cli"]
     result = subprocess.run(
         [*cmd, "store", "history", str(store.path), "--image", "vol", "--json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert sorted(h["rater"] for h in json.loads(result.stdout)) == ["alice", "bob", "carol"]

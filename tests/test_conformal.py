@@ -107,11 +107,11 @@ def test_class_probabilities_and_torch_inputs():
 
 def test_errors_name_the_argument():
     p, y = _synthetic(3, seed=4)
-    with pytest.raises(ValueError, match="^alpha"):
+    with pytest.raises(ValueError, match=r"^alpha"):
         ConformalBands.calibrate(p, y, alpha=1.5)
-    with pytest.raises(ValueError, match="^refs_list"):
+    with pytest.raises(ValueError, match=r"^refs_list"):
         ConformalBands.calibrate(p, y[:2], alpha=0.1)
-    with pytest.raises(ValueError, match="^refs_list"):
+    with pytest.raises(ValueError, match=r"^refs_list"):
         ConformalBands.calibrate(p, y.astype(float), alpha=0.1)
-    with pytest.raises(ValueError, match="^probs_list"):
+    with pytest.raises(ValueError, match=r"^probs_list"):
         ConformalBands.calibrate(p[:, :5], y, alpha=0.1)

@@ -81,9 +81,7 @@ def test_aurc_known_answers():
 
 
 @given(
-    st.lists(
-        st.tuples(st.floats(0, 1), st.integers(0, 3)), min_size=1, max_size=30
-    ),
+    st.lists(st.tuples(st.floats(0, 1), st.integers(0, 3)), min_size=1, max_size=30),
     st.randoms(use_true_random=False),
 )
 def test_aurc_is_order_invariant_and_above_oracle(pairs, rnd):
@@ -111,13 +109,13 @@ def test_dice_risk():
 
 def test_errors_name_the_argument():
     m = np.zeros((8, 8), int)
-    with pytest.raises(ValueError, match="^uncertainty"):
+    with pytest.raises(ValueError, match=r"^uncertainty"):
         pavpu(m, m, np.zeros((8, 7)), uncertainty_threshold=0.1)
-    with pytest.raises(ValueError, match="^patch_size"):
+    with pytest.raises(ValueError, match=r"^patch_size"):
         pavpu(m, m, np.zeros((8, 8)), uncertainty_threshold=0.1, patch_size=16)
-    with pytest.raises(ValueError, match="^accuracy_threshold"):
+    with pytest.raises(ValueError, match=r"^accuracy_threshold"):
         pavpu(m, m, np.zeros((8, 8)), uncertainty_threshold=0.1, accuracy_threshold=2)
-    with pytest.raises(ValueError, match="^confidences"):
+    with pytest.raises(ValueError, match=r"^confidences"):
         aurc([0.1, 0.2], [1.0])
-    with pytest.raises(ValueError, match="^risks"):
+    with pytest.raises(ValueError, match=r"^risks"):
         aurc([], [])

@@ -181,9 +181,7 @@ def test_against_reference_implementations(shape, n_classes):
     expected = np.array([[ref_iou(a, b) for b in y] for a in s])
     np.testing.assert_allclose(iou, expected, atol=1e-12)
     for unbiased in (False, True):
-        assert ged(s, y, unbiased=unbiased).ged == pytest.approx(
-            ref_ged(s, y, unbiased), abs=1e-12
-        )
+        assert ged(s, y, unbiased=unbiased).ged == pytest.approx(ref_ged(s, y, unbiased), abs=1e-12)
     assert hm_iou(s, y).hm_iou == pytest.approx(ref_hm_iou(s, y), abs=1e-12)
     assert ncc(s, y) == pytest.approx(ref_ncc(s, y, n_classes), abs=1e-12)
     both = observer_metrics(torch.from_numpy(s), torch.from_numpy(y))
@@ -241,13 +239,13 @@ def test_binary_biased_ged_is_nonnegative(sets):
 
 def test_errors_name_the_argument():
     s = np.zeros((3, 4, 4), np.uint8)
-    with pytest.raises(ValueError, match="^references"):
+    with pytest.raises(ValueError, match=r"^references"):
         ged(s, np.zeros((2, 4, 5), np.uint8))
-    with pytest.raises(ValueError, match="^unbiased"):
+    with pytest.raises(ValueError, match=r"^unbiased"):
         ged(s, s[:1], unbiased=True)
-    with pytest.raises(ValueError, match="^n_samples"):
+    with pytest.raises(ValueError, match=r"^n_samples"):
         hm_iou(s, s, n_samples=0)
-    with pytest.raises(ValueError, match="^samples"):
+    with pytest.raises(ValueError, match=r"^samples"):
         ncc(s.astype(float), s)
-    with pytest.raises(ValueError, match="^n_classes"):
+    with pytest.raises(ValueError, match=r"^n_classes"):
         iou_matrix(s + 2, n_classes=2)

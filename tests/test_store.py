@@ -50,13 +50,13 @@ def test_image_round_trip_and_reopen(store, image3d, tmp_path):
     assert again.class_names == ["background", "lesion", "edema"]
     data2, scale2 = again.read_image("slice_2d")
     assert data2.shape == (30, 20) and scale2 == (1.0, 1.0)
-    with pytest.raises(ValueError, match="^image_id: 'case1' already exists"):
+    with pytest.raises(ValueError, match=r"^image_id: 'case1' already exists"):
         store.add_image(image3d, image_id="case1")
-    with pytest.raises(ValueError, match="^data:"):
+    with pytest.raises(ValueError, match=r"^data:"):
         store.add_image(np.zeros((2, 3, 4, 5)), image_id="four_d")
-    with pytest.raises(ValueError, match="^scale:"):
+    with pytest.raises(ValueError, match=r"^scale:"):
         store.add_image(image3d, image_id="bad_scale", scale=(1, 0, 1))
-    with pytest.raises(StoreError, match="read-only"):
+    with pytest.raises(StoreError, match=r"read-only"):
         again.add_image(image3d, image_id="nope")
 
 
@@ -64,15 +64,24 @@ def test_annotation_versions_history_and_metadata(store):
     shape = (12, 40, 48)
     m1 = blob(shape, (6, 20, 24), 5)
     v1 = store.save_annotation(
-        "case1", "alice", m1, role="expert", tools=["brush", "fill"], time_spent_s=12.5,
-        source_run="run-1", source_sample=3, note="first pass",
+        "case1",
+        "alice",
+        m1,
+        role="expert",
+        tools=["brush", "fill"],
+        time_spent_s=12.5,
+        source_run="run-1",
+        source_sample=3,
+        note="first pass",
     )
     assert isinstance(v1, AnnotationVersion)
     assert (v1.version, v1.previous, v1.based_on, v1.conflict) == (1, None, None, False)
     assert v1.labels == (0, 1) and v1.shape == shape and v1.created.endswith("+00:00")
     m2 = m1.copy()
     m2[6, 5:10, 5:10] = 2
-    v2 = store.save_annotation("case1", "alice", m2.astype(np.int64), role="expert", parent_version=1)
+    v2 = store.save_annotation(
+        "case1", "alice", m2.astype(np.int64), role="expert", parent_version=1
+    )
     assert (v2.version, v2.previous, v2.based_on, v2.conflict) == (2, 1, 1, False)
     assert v2.parent_version == 1
     store.save_annotation("case1", "bob", m1.astype(bool), role="trainee", tools="polygon")
@@ -89,21 +98,21 @@ def test_annotation_versions_history_and_metadata(store):
     # JSON round trip of the record
     assert AnnotationVersion.from_dict(json.loads(json.dumps(v1.to_dict()))) == v1
 
-    with pytest.raises(ValueError, match="^role:"):
+    with pytest.raises(ValueError, match=r"^role:"):
         store.save_annotation("case1", "alice", m1, role="boss")
-    with pytest.raises(ValueError, match="^mask: expected the image's shape"):
+    with pytest.raises(ValueError, match=r"^mask: expected the image's shape"):
         store.save_annotation("case1", "alice", m1[:, :10], role="expert")
-    with pytest.raises(ValueError, match="^mask: labels must be >= 0"):
+    with pytest.raises(ValueError, match=r"^mask: labels must be >= 0"):
         store.save_annotation("case1", "alice", -m1.astype(np.int8), role="expert")
-    with pytest.raises(ValueError, match="^parent_version: rater 'alice' has no version 7"):
+    with pytest.raises(ValueError, match=r"^parent_version: rater 'alice' has no version 7"):
         store.save_annotation("case1", "alice", m1, role="expert", parent_version=7)
-    with pytest.raises(ValueError, match="^time_spent_s:"):
+    with pytest.raises(ValueError, match=r"^time_spent_s:"):
         store.save_annotation("case1", "alice", m1, role="expert", time_spent_s=-1)
-    with pytest.raises(ValueError, match="^version:"):
+    with pytest.raises(ValueError, match=r"^version:"):
         store.read_version("case1", "alice", 3)
-    with pytest.raises(ValueError, match="^rater: 'carol' has no annotation"):
+    with pytest.raises(ValueError, match=r"^rater: 'carol' has no annotation"):
         store.latest("case1", "carol")
-    with pytest.raises(ValueError, match="^image_id: no image 'nope'"):
+    with pytest.raises(ValueError, match=r"^image_id: no image 'nope'"):
         store.latest("nope", "alice")
 
 
@@ -127,7 +136,9 @@ def test_ome_zarr_reader_finds_one_label_image_per_rater(store):
     from ome_zarr.reader import Label, Labels, Multiscales, Reader
 
     shape = (12, 40, 48)
-    masks = {r: blob(shape, (6, 20, 10 + 10 * i), 4) for i, r in enumerate(["alice", "bob", "c.d-e_f"])}
+    masks = {
+        r: blob(shape, (6, 20, 10 + 10 * i), 4) for i, r in enumerate(["alice", "bob", "c.d-e_f"])
+    }
     for r, m in masks.items():
         store.save_annotation("case1", r, m, role="resident")
     store.save_annotation("case1", "alice", masks["bob"], role="resident", parent_version=1)
@@ -169,7 +180,10 @@ def test_only_changed_chunks_are_written(tmp_path):
     v2 = s.save_annotation("vol", "alice", mask2, role="expert", parent_version=1)
     assert (v2.chunks_written, v2.chunks_linked) == (1, 31)
     assert v2.bytes_written * 10 < v1.bytes_written
-    d1, d2 = s.path / "images/vol/annotations/alice/v000001", s.path / "images/vol/annotations/alice/v000002"
+    d1, d2 = (
+        s.path / "images/vol/annotations/alice/v000001",
+        s.path / "images/vol/annotations/alice/v000002",
+    )
     same = os.stat(d1 / "c/0/0/0"), os.stat(d2 / "c/0/0/0")
     assert same[0].st_ino == same[1].st_ino  # shared, not copied
     assert os.stat(d1 / "c/2/0/1").st_ino != os.stat(d2 / "c/2/0/1").st_ino
@@ -179,7 +193,24 @@ def test_only_changed_chunks_are_written(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "bad", ["../x", "a/b", "", "x" * 65, "con\0", ".", "..", ".hidden", "-flag", "a b", "é", "CON", "a\\b", None, 5]
+    "bad",
+    [
+        "../x",
+        "a/b",
+        "",
+        "x" * 65,
+        "con\0",
+        ".",
+        "..",
+        ".hidden",
+        "-flag",
+        "a b",
+        "é",
+        "CON",
+        "a\\b",
+        None,
+        5,
+    ],
 )
 def test_hostile_identifiers_rejected(store, bad):
     m = np.zeros((12, 40, 48), np.uint8)
@@ -226,7 +257,10 @@ def test_predictions_round_trip(store):
     samples = rng.integers(0, 3, size=(5, 12, 40, 48))
     probs = rng.dirichlet(np.ones(3), size=(12, 40, 48)).transpose(3, 0, 1, 2)
     regions = [{"label": 1, "bbox": [0, 1, 2, 3, 4, 5], "score": 0.7}]
-    meta = {"provenance": {"method": "mc_dropout", "n_samples": 5, "seed": np.int64(0)}, "regions": regions}
+    meta = {
+        "provenance": {"method": "mc_dropout", "n_samples": 5, "seed": np.int64(0)},
+        "regions": regions,
+    }
     run = store.save_prediction("case1", {"samples": samples, "probs": probs}, meta, run_id="run-a")
     assert run == "run-a"
 
@@ -242,12 +276,15 @@ def test_predictions_round_trip(store):
     np.testing.assert_array_equal(arrays["samples"], samples)
     np.testing.assert_allclose(arrays["probs"], probs, rtol=1e-6)
     assert md["regions"] == regions and md["provenance"]["seed"] == 0
-    assert store.read_prediction("case1", run_b, names=["entropy"])[1]["provenance"]["method"] == "softmax"
-    with pytest.raises(ValueError, match="^arrays: 'bad' must end with the image shape"):
+    assert (
+        store.read_prediction("case1", run_b, names=["entropy"])[1]["provenance"]["method"]
+        == "softmax"
+    )
+    with pytest.raises(ValueError, match=r"^arrays: 'bad' must end with the image shape"):
         store.save_prediction("case1", {"bad": np.zeros((3, 4))})
-    with pytest.raises(ValueError, match="^run_id: 'run-a' already exists"):
+    with pytest.raises(ValueError, match=r"^run_id: 'run-a' already exists"):
         store.save_prediction("case1", {"samples": samples}, run_id="run-a")
-    with pytest.raises(ValueError, match="^metadata: not JSON-able"):
+    with pytest.raises(ValueError, match=r"^metadata: not JSON-able"):
         store.save_prediction("case1", {"samples": samples}, {"x": object()})
     assert store.verify() == []
 
@@ -257,16 +294,16 @@ def test_newer_schema_version_refused(store):
     meta = json.loads(meta_path.read_text())
     meta["attributes"]["probseg"]["schema_version"] = 99
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(StoreVersionError, match="schema version 99 is newer"):
+    with pytest.raises(StoreVersionError, match=r"schema version 99 is newer"):
         ProjectStore.open(store.path)
 
 
 def test_open_non_store(tmp_path):
-    with pytest.raises(FileNotFoundError, match="^path:"):
+    with pytest.raises(FileNotFoundError, match=r"^path:"):
         ProjectStore.open(tmp_path / "missing.zarr")
     (tmp_path / "garbage.zarr").mkdir()
     (tmp_path / "garbage.zarr" / "zarr.json").write_text("{not json")
-    with pytest.raises(StoreCorruptionError, match="garbage.zarr/zarr.json: invalid JSON"):
+    with pytest.raises(StoreCorruptionError, match=r"garbage.zarr/zarr.json: invalid JSON"):
         ProjectStore.open(tmp_path / "garbage.zarr")
     with pytest.raises(FileExistsError):
         ProjectStore.create(tmp_path / "garbage.zarr")
@@ -286,7 +323,9 @@ def test_damaged_chunk_reported(store, damage):
     if damage == "truncate":
         chunk.write_bytes(raw[: len(raw) // 2])
     elif damage == "garbage":
-        chunk.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, len(raw), dtype=np.uint8)))
+        chunk.write_bytes(
+            bytes(np.random.default_rng(0).integers(0, 256, len(raw), dtype=np.uint8))
+        )
     else:
         chunk.unlink()
     problems = [p for p in store.verify() if p.severity == "error"]
@@ -305,7 +344,7 @@ def test_damaged_image_chunk_and_attributes_reported(store):
     manifest.write_text(manifest.read_text()[:50])
     paths = {p.path for p in store.verify() if p.severity == "error"}
     assert str(chunk) in paths and str(manifest) in paths
-    with pytest.raises(StoreCorruptionError, match="invalid JSON"):
+    with pytest.raises(StoreCorruptionError, match=r"invalid JSON"):
         store.latest("case1", "alice")
     with pytest.raises(StoreCorruptionError):
         store.read_image("case1")

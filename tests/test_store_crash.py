@@ -73,7 +73,7 @@ def check_store(path, reported: set[tuple[str, int, int]]) -> int:
             mask, _ = store.read_version("img", rater, rec.version)
             np.testing.assert_array_equal(mask, make_mask(seed))
             n += 1
-        latest, rec = store.latest("img", rater)
+        store.latest("img", rater)
         label = store.path / "images" / "img" / "labels" / rater
         assert (label / "zarr.json").is_file()
     present = {(v.rater, v.version, int(v.note.split("=")[1])) for v in store.history("img")}
@@ -124,7 +124,12 @@ def _worker(path: str, rater: str, tag: int, n: int, queue) -> None:
     for k in range(n):
         seed = tag * 100 + k
         v = store.save_annotation(
-            "img", rater, make_mask(seed), role="resident", note=f"seed={seed}", parent_version=parent
+            "img",
+            rater,
+            make_mask(seed),
+            role="resident",
+            note=f"seed={seed}",
+            parent_version=parent,
         )
         parent = v.version
         done.append((rater, v.version, seed))
@@ -139,7 +144,9 @@ def test_concurrent_writers_lose_nothing(tmp_path, raters):
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     n = 6
-    procs = [ctx.Process(target=_worker, args=(path, r, i + 1, n, queue)) for i, r in enumerate(raters)]
+    procs = [
+        ctx.Process(target=_worker, args=(path, r, i + 1, n, queue)) for i, r in enumerate(raters)
+    ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]

@@ -439,3 +439,29 @@ def test_term_labels():
         term_label("mutual_information", "dropout")
     with pytest.raises(ValueError, match=r"^source:"):
         term_meanings(("input", 3))
+
+
+def test_accumulator_benchmark_runs_and_agrees():
+    """The benchmark's two ways compute the same maps (tiny sizes; numbers are not checked)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_accumulator.py"
+    args = ["--n", "5", "--size", "12", "--batch", "2", "--repeat", "1"]
+    rows = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, str(script), *args, "--worker", way],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            ).stdout.splitlines()[-1]
+        )
+        for way in ("stacked", "stream")
+    ]
+    for key in ("mean", "pe", "ee", "var", "volumes"):
+        assert rows[1][key] == pytest.approx(rows[0][key], rel=1e-6), key
+    assert rows[1]["state_bytes"] == 8 * 7 * 12**3

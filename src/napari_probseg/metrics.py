@@ -18,7 +18,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_probseg.core.calibration import (
     CalibrationAccumulator,
@@ -43,6 +43,9 @@ from napari_probseg.core.observer import (
     summarize,
     variance_map,
 )
+
+if TYPE_CHECKING:
+    from napari_probseg.core.structure import pairwise_dice, volume_cov
 
 __all__ = [
     "AURCResult",

@@ -96,8 +96,7 @@ def go_to_region(viewer: Any, record: Any, index: int) -> RegionView | None:
     ndim = len(placement.scale)
     offset = viewer.dims.ndim - ndim  # leading non-spatial axes (the sample axis)
     if ndim == 3 and viewer.dims.ndisplay == 2:
-        centroid = np.asarray(record.regions["centroid"][index], dtype=float)
-        plane = placement.translate[0] + placement.scale[0] * centroid[0]
+        plane = placement.translate[0] + placement.scale[0] * region_plane(record, index)
         viewer.dims.set_point(offset, float(plane))
     camera = viewer.scene.camera
     displayed = [d - offset for d in viewer.dims.displayed if d >= offset]
@@ -106,6 +105,11 @@ def go_to_region(viewer: Any, record: Any, index: int) -> RegionView | None:
         camera.zoom = view.zoom(tuple(viewer.canvas.size))
     _outline(viewer, record, view, index)
     return view
+
+
+def region_plane(record: Any, index: int) -> int:
+    """Plane (voxel index) a 3D region is shown on: its centroid's, rounded."""
+    return int(round(float(record.regions["centroid"][index][0])))
 
 
 def _outline(viewer: Any, record: Any, view: RegionView, index: int) -> None:
@@ -117,11 +121,12 @@ def _outline(viewer: Any, record: Any, view: RegionView, index: int) -> None:
     sc = np.asarray(placement.scale, dtype=float)
     tr = np.asarray(placement.translate, dtype=float)
     lo, hi = (view.corners - tr) / sc  # back to data coordinates of the outline layer
+    corners = [(lo[-2], lo[-1]), (lo[-2], hi[-1]), (hi[-2], hi[-1]), (hi[-2], lo[-1])]
     if len(sc) == 3:
-        z = float(record.regions["centroid"][index][0])
-        rect = np.array([[z, lo[1], lo[2]], [z, hi[1], hi[2]]])
+        z = float(region_plane(record, index))
+        rect = np.array([(z, r, c) for r, c in corners])
     else:
-        rect = np.array([lo, hi])
+        rect = np.array(corners)
     rank = record.regions["rank"][index]
     layer = next((lay for lay in viewer.layers if lay.name == name), None)
     if not isinstance(layer, Shapes):

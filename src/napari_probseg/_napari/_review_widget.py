@@ -11,6 +11,7 @@ import html
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -57,7 +58,7 @@ class ReviewWidget(QWidget):
         self.sentence.setStyleSheet("font-weight: bold;")
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
-        self.summary.setTextFormat(1)  # Qt.RichText
+        self.summary.setTextFormat(Qt.TextFormat.RichText)
 
         self.quantile_spin = QDoubleSpinBox()
         self.quantile_spin.setRange(0.1, 50.0)

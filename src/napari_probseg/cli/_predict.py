@@ -127,11 +127,12 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise CLIError(f"out: {args.out} exists (add --overwrite to replace it)")
     card = find_card(args.model, model_dirs(args.model_dir))
-    if args.method is not None and args.method not in card.available_methods:
+    known = card.available_methods
+    if args.method is not None and args.method not in known and args.method != "tta+softmax":
         # the same check load_method makes, before torch is imported (fast failure)
         from napari_probseg.models import UnknownMethodError
 
-        raise UnknownMethodError(args.method, card.available_methods, card.name)
+        raise UnknownMethodError(args.method, known, card.name)
     image, scale, source = _load_input(args, card.in_channels)
     if not np.isfinite(image).all():
         raise CLIError(f"image: {source} contains NaN or Inf values", code=1)

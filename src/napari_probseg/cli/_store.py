@@ -40,7 +40,9 @@ def register(subparsers: Any) -> None:
         "verify", help="check every array, chunk and version; exit 1 on any corruption"
     )
     p.add_argument("store", type=Path)
-    p.add_argument("--repair", action="store_true", help="rebuild derived label images, remove leftovers")
+    p.add_argument(
+        "--repair", action="store_true", help="rebuild derived label images, remove leftovers"
+    )
     p.add_argument("--json", action="store_true", help="print the problems as JSON")
     p.set_defaults(func=_guard(_verify))
 
@@ -81,7 +83,11 @@ def _init(args: argparse.Namespace) -> int:
     from napari_probseg.store import ProjectStore
 
     store = ProjectStore.create(args.store, class_names=args.classes)
-    _emit(args, {"path": str(store.path), "schema_version": store.schema_version}, f"created {store.path}")
+    _emit(
+        args,
+        {"path": str(store.path), "schema_version": store.schema_version},
+        f"created {store.path}",
+    )
     return 0
 
 
@@ -92,8 +98,10 @@ def _read(path: Path) -> tuple[Any, tuple[float, ...] | None, str, dict[str, Any
     image = read_image(path)
     if image.channel_axis is not None:
         if image.data.shape[image.channel_axis] != 1:
-            raise ValueError(f"image: {path} has {image.data.shape[image.channel_axis]} channels; "
-                             "the store holds single-channel images")
+            raise ValueError(
+                f"image: {path} has {image.data.shape[image.channel_axis]} channels; "
+                "the store holds single-channel images"
+            )
         image.data = image.data.take(0, axis=image.channel_axis)
     meta = {
         "source_file": path.name,

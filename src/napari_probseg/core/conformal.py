@@ -173,7 +173,9 @@ class ConformalBands:
         inner = (p >= self.lambda_inner) & outer
         return inner, outer
 
-    def coverage(self, probs_list: Sequence[Any] | Any, refs_list: Sequence[Any] | Any) -> BandCoverage:
+    def coverage(
+        self, probs_list: Sequence[Any] | Any, refs_list: Sequence[Any] | Any
+    ) -> BandCoverage:
         """Empirical coverage of the outer mask and false-positive share of the inner mask.
 
         Parameters

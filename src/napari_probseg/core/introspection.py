@@ -130,9 +130,13 @@ def pavpu(
             raise ValueError(f"{name}: expected shape {pred.shape}, got {arr.shape}")
     check_finite(unc, "uncertainty")
     if not 0.0 <= accuracy_threshold <= 1.0:
-        raise ValueError(f"accuracy_threshold: expected a value in [0, 1], got {accuracy_threshold}")
+        raise ValueError(
+            f"accuracy_threshold: expected a value in [0, 1], got {accuracy_threshold}"
+        )
     if not np.isfinite(uncertainty_threshold):
-        raise ValueError(f"uncertainty_threshold: expected a finite number, got {uncertainty_threshold}")
+        raise ValueError(
+            f"uncertainty_threshold: expected a finite number, got {uncertainty_threshold}"
+        )
     if isinstance(patch_size, int | np.integer):
         patch = (check_positive_int(patch_size, "patch_size"),) * pred.ndim
     else:

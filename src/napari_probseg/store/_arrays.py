@@ -13,6 +13,7 @@ changed chunks are written.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,8 @@ def content_hash(data: np.ndarray) -> str:
 
 
 def file_hash(path: str | Path) -> str:
-    """blake2b hash of a file's bytes."""
-    h = hashlib.blake2b(digest_size=20)
+    """64-bit blake2b hash of a file's bytes (detects damage; short, as the index is per chunk)."""
+    h = hashlib.blake2b(digest_size=8)
     with open(path, "rb") as f:
         h.update(f.read())
     return h.hexdigest()
@@ -203,9 +204,17 @@ def write_array(
         written += 1
         nbytes += path.stat().st_size
     chash = content_hash(data)
-    arr.update_attributes(
-        {"probseg": {"kind": "array", "content_hash": chash, "chunk_index": index, **(attributes or {})}}
-    )
+    # Compact JSON (the chunk index can be long): written directly, the array is still in staging.
+    meta = read_json(dest / "zarr.json")
+    meta["attributes"] = {
+        "probseg": {
+            "kind": "array",
+            "content_hash": chash,
+            "chunk_index": index,
+            **(attributes or {}),
+        }
+    }
+    (dest / "zarr.json").write_bytes(json.dumps(meta, separators=(",", ":")).encode("utf-8"))
     for root, _dirs, _files in os.walk(dest):
         fsync_dir(root)
     fsync_file(dest / "zarr.json")
@@ -271,10 +280,14 @@ def read_array(
         present = list_chunk_keys(array_dir)
         missing = set(meta["index"]) - present
         if missing:
-            raise StoreCorruptionError(chunk_path(array_dir, sorted(missing)[0]), "missing chunk file")
+            raise StoreCorruptionError(
+                chunk_path(array_dir, sorted(missing)[0]), "missing chunk file"
+            )
         extra = present - set(meta["index"])
         if extra:
-            raise StoreCorruptionError(chunk_path(array_dir, sorted(extra)[0]), "unexpected chunk file")
+            raise StoreCorruptionError(
+                chunk_path(array_dir, sorted(extra)[0]), "unexpected chunk file"
+            )
     try:
         data = zarr.open_array(str(array_dir), mode="r")[...]
     except Exception as exc:
@@ -360,7 +373,10 @@ def multiscales(name: str, scale: tuple[float, ...], unit: str | None = None) ->
             "name": name,
             "axes": axes,
             "datasets": [
-                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]}
+                {
+                    "path": "0",
+                    "coordinateTransformations": [{"type": "scale", "scale": list(scale)}],
+                }
             ],
         }
     ]
@@ -368,7 +384,10 @@ def multiscales(name: str, scale: tuple[float, ...], unit: str | None = None) ->
 
 def image_attrs(name: str, scale: tuple[float, ...], unit: str | None, probseg: dict) -> dict:
     """Attributes of an OME-Zarr image group."""
-    return {"ome": {"version": "0.5", "multiscales": multiscales(name, scale, unit)}, "probseg": probseg}
+    return {
+        "ome": {"version": "0.5", "multiscales": multiscales(name, scale, unit)},
+        "probseg": probseg,
+    }
 
 
 def label_attrs(name: str, scale: tuple[float, ...], unit: str | None, probseg: dict) -> dict:

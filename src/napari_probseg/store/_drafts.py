@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 
 from napari_probseg.store._arrays import SPATIAL_AXES, read_array, write_array
-from napari_probseg.store._fs import atomic_write_json, fsync_dir, group_json, read_attrs, remove_tree
+from napari_probseg.store._fs import (
+    atomic_write_json,
+    fsync_dir,
+    group_json,
+    read_attrs,
+    remove_tree,
+)
 from napari_probseg.store._meta import DraftInfo, to_jsonable, utc_now, validate_identifier
 
 
@@ -102,7 +108,9 @@ class DraftsMixin:
             os.rename(stage / "draft", directory / name)
             fsync_dir(directory)
             attrs = {"kind": "draft", "current": name, "counter": counter, "info": draft.to_dict()}
-            atomic_write_json(directory / "zarr.json", group_json({"probseg": attrs}), staging=stage)
+            atomic_write_json(
+                directory / "zarr.json", group_json({"probseg": attrs}), staging=stage
+            )
             for entry in directory.iterdir():
                 if entry.is_dir() and entry.name != name:
                     remove_tree(entry, staging=stage)

@@ -52,7 +52,9 @@ def _nifti(data: np.ndarray, scale: tuple[float, ...], path: Path) -> None:
     nib.save(nib.Nifti1Image(xyz, affine), str(path))
 
 
-def _cases(store: Any, per: str) -> list[tuple[str, str, str | None, np.ndarray, np.ndarray, tuple]]:
+def _cases(
+    store: Any, per: str
+) -> list[tuple[str, str, str | None, np.ndarray, np.ndarray, tuple]]:
     """(case id, image id, rater or None, image, label, scale) for every exported case."""
     cases = []
     for image_id in store.image_ids():
@@ -65,7 +67,9 @@ def _cases(store: Any, per: str) -> list[tuple[str, str, str | None, np.ndarray,
             for r, m in masks.items():
                 cases.append((f"{image_id}_{r}", image_id, r, image, m, scale))
         else:
-            cases.append((image_id, image_id, None, image, majority_vote(list(masks.values())), scale))
+            cases.append(
+                (image_id, image_id, None, image, majority_vote(list(masks.values())), scale)
+            )
     return cases
 
 
@@ -118,7 +122,11 @@ def export_store(store: Any, out: str | Path, *, format: str, per: str = "rater"
     for case, image_id, rater, image, label, scale in cases:
         img_name = f"{case}_0000.nii.gz" if format == "nnunet" else f"{case}.nii.gz"
         _nifti(image, scale, out / img_dir / img_name)
-        _nifti(label.astype(np.uint8 if label.max() < 256 else np.uint16), scale, out / lbl_dir / f"{case}.nii.gz")
+        _nifti(
+            label.astype(np.uint8 if label.max() < 256 else np.uint16),
+            scale,
+            out / lbl_dir / f"{case}.nii.gz",
+        )
         entries.append(
             {
                 "image": f"{img_dir}/{img_name}",

@@ -101,7 +101,7 @@ def atomic_write_json(path: str | Path, obj: Any, *, staging: str | Path) -> Non
     staging = Path(staging)
     staging.mkdir(parents=True, exist_ok=True)
     tmp = staging / f"{uuid.uuid4().hex}.json"
-    data = json.dumps(obj, indent=2, allow_nan=False).encode("utf-8")
+    data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -160,7 +160,9 @@ def file_lock(path: str | Path, *, timeout: float = LOCK_TIMEOUT_S) -> Iterator[
             with filelock.FileLock(str(path), timeout=timeout):
                 yield
         except filelock.Timeout:
-            raise StoreError(f"{path}: locked by another writer for more than {timeout:g} s") from None
+            raise StoreError(
+                f"{path}: locked by another writer for more than {timeout:g} s"
+            ) from None
         return
     fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:

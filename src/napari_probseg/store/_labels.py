@@ -45,7 +45,9 @@ class LabelsMixin:
 
     # --- derived OME label images ------------------------------------------------------------
 
-    def _sync_label(self, image_id: str, rater: str, version: AnnotationVersion, stage: Path) -> None:
+    def _sync_label(
+        self, image_id: str, rater: str, version: AnnotationVersion, stage: Path
+    ) -> None:
         """Make ``labels/<rater>`` a copy of ``version`` (caller holds the image lock).
 
         Only chunks that differ are copied. The label group's ``probseg.version`` is written last,
@@ -111,7 +113,9 @@ class LabelsMixin:
             "image_id": image_id,
             "rater": rater,
             "version": None if version is None else version.version,
-            "source": None if version is None else f"../../annotations/{rater}/{version_name(version.version)}",
+            "source": None
+            if version is None
+            else f"../../annotations/{rater}/{version_name(version.version)}",
             "role": None if version is None else version.role,
             "created": None if version is None else version.created,
             "content_hash": None if version is None else version.content_hash,
@@ -127,14 +131,14 @@ class LabelsMixin:
         except (FileNotFoundError, StoreCorruptionError, KeyError, TypeError):
             current = None
         wanted = sorted(
-            r
-            for r in self.raters(image_id)
-            if (labels_dir / r / "zarr.json").is_file()
+            r for r in self.raters(image_id) if (labels_dir / r / "zarr.json").is_file()
         )
         if ensure is not None and ensure not in wanted:
             wanted = sorted([*wanted, ensure])
         if current != wanted:
-            atomic_write_json(labels_dir / "zarr.json", group_json(labels_list_attrs(wanted)), staging=stage)
+            atomic_write_json(
+                labels_dir / "zarr.json", group_json(labels_list_attrs(wanted)), staging=stage
+            )
 
     def _label_is_current(self, image_id: str, rater: str, latest: AnnotationVersion) -> bool:
         label_dir = self._label_dir(image_id, rater)
@@ -143,7 +147,9 @@ class LabelsMixin:
             meta = read_array_meta(label_dir / "0")
         except (StoreCorruptionError, FileNotFoundError):
             return False
-        return attrs.get("version") == latest.version and meta["content_hash"] == latest.content_hash
+        return (
+            attrs.get("version") == latest.version and meta["content_hash"] == latest.content_hash
+        )
 
     def _quick_repair(self) -> None:
         """Resync derived label images whose recorded version is not the latest (after a crash)."""
@@ -156,12 +162,14 @@ class LabelsMixin:
                 ]
                 if stale or not self._labels_list_ok(image_id):
                     self._repair_labels(image_id)
-            except StoreCorruptionError:
+            except (StoreCorruptionError, OSError, ValueError, KeyError):
                 continue  # reported by verify(); opening must still work
 
     def _labels_list_ok(self, image_id: str) -> bool:
         try:
-            listed = read_json(self._image_dir(image_id) / "labels" / "zarr.json")["attributes"]["ome"]["labels"]
+            listed = read_json(self._image_dir(image_id) / "labels" / "zarr.json")["attributes"][
+                "ome"
+            ]["labels"]
         except (FileNotFoundError, StoreCorruptionError, KeyError, TypeError):
             return False
         return listed == self.raters(image_id)
@@ -184,7 +192,7 @@ class LabelsMixin:
                             attrs = read_json(label_dir / "zarr.json")
                             attrs["attributes"]["probseg"]["version"] = None
                             atomic_write_json(label_dir / "zarr.json", attrs, staging=stage)
-                        except (StoreCorruptionError, KeyError, TypeError):
+                        except (FileNotFoundError, StoreCorruptionError, KeyError, TypeError):
                             remove_tree(label_dir, staging=stage)
                     self._sync_label(image_id, rater, latest, stage)
                     repaired.append(rater)
@@ -195,5 +203,6 @@ class LabelsMixin:
         return repaired
 
     def _label_chunks_ok(self, image_id: str, rater: str, latest: AnnotationVersion) -> bool:
-        return not check_array(self._label_dir(image_id, rater) / "0", expected_hash=latest.content_hash)
-
+        return not check_array(
+            self._label_dir(image_id, rater) / "0", expected_hash=latest.content_hash
+        )

@@ -35,7 +35,9 @@ def validate_identifier(value: Any, name: str) -> str:
     component on every platform.
     """
     if not isinstance(value, str):
-        raise InvalidIdentifierError(f"{name}: expected a string identifier, got {type(value).__name__}")
+        raise InvalidIdentifierError(
+            f"{name}: expected a string identifier, got {type(value).__name__}"
+        )
     if (
         not _ID_RE.fullmatch(value)
         or value[0] in ".-"
@@ -51,7 +53,9 @@ def validate_identifier(value: Any, name: str) -> str:
 
 # Device names that cannot be file names on Windows.
 _WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)] + [f"LPT{i}" for i in range(1, 10)]
+    ["CON", "PRN", "AUX", "NUL"]
+    + [f"COM{i}" for i in range(1, 10)]
+    + [f"LPT{i}" for i in range(1, 10)]
 )
 
 
@@ -207,7 +211,9 @@ def check_tools(tools: Any) -> tuple[str, ...]:
     out = tuple(tools)
     for t in out:
         if not isinstance(t, str) or not _TOOL_RE.fullmatch(t):
-            raise ValueError(f"tools: {t!r} is not a short tool name (1-64 letters, digits, ._:+- )")
+            raise ValueError(
+                f"tools: {t!r} is not a short tool name (1-64 letters, digits, ._:+- )"
+            )
     return out
 
 

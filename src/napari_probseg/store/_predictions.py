@@ -11,7 +11,13 @@ import numpy as np
 
 from napari_probseg.core._validation import to_numpy
 from napari_probseg.store._arrays import read_array, write_array
-from napari_probseg.store._fs import atomic_write_json, fsync_dir, fsync_tree, group_json, read_attrs
+from napari_probseg.store._fs import (
+    atomic_write_json,
+    fsync_dir,
+    fsync_tree,
+    group_json,
+    read_attrs,
+)
 from napari_probseg.store._meta import to_jsonable, utc_now, validate_identifier
 
 
@@ -101,7 +107,9 @@ class PredictionsMixin:
                 lead = arr.ndim - len(shape)
                 chunks = (1,) * lead + tuple(info["label_chunks"])
                 dims = tuple(f"dim_{i}" for i in range(lead)) + ("z", "y", "x")[-len(shape) :]
-                records[name], _ = write_array(build / name, arr, chunks=chunks, dimension_names=dims)
+                records[name], _ = write_array(
+                    build / name, arr, chunks=chunks, dimension_names=dims
+                )
             attrs = {
                 "kind": "prediction",
                 "image_id": image_id,
@@ -146,7 +154,9 @@ class PredictionsMixin:
         wanted = list(records) if names is None else list(names)
         for name in wanted:
             if name not in records:
-                raise ValueError(f"names: run {run_id!r} has no array {name!r} (has {sorted(records)})")
+                raise ValueError(
+                    f"names: run {run_id!r} has no array {name!r} (has {sorted(records)})"
+                )
         arrays = {
             name: read_array(
                 directory / name,

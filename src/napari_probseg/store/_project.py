@@ -16,21 +16,16 @@ from napari_probseg._version import __version__
 from napari_probseg.core._validation import check_finite, to_numpy
 from napari_probseg.store._arrays import (
     SPATIAL_AXES,
-    chunk_path,
     default_chunks,
-    file_hash,
     image_attrs,
-    label_attrs,
     labels_list_attrs,
     read_array,
-    read_array_meta,
     write_array,
 )
 from napari_probseg.store._drafts import DraftsMixin
 from napari_probseg.store._errors import StoreCorruptionError, StoreError, StoreVersionError
 from napari_probseg.store._fs import (
     atomic_write_json,
-    copy_file_atomic,
     file_lock,
     fsync_dir,
     fsync_tree,
@@ -39,6 +34,7 @@ from napari_probseg.store._fs import (
     read_json,
     remove_tree,
 )
+from napari_probseg.store._labels import LabelsMixin, version_name
 from napari_probseg.store._meta import (
     SCHEMA_VERSION,
     AnnotationVersion,
@@ -49,7 +45,6 @@ from napari_probseg.store._meta import (
     utc_now,
     validate_identifier,
 )
-from napari_probseg.store._labels import LabelsMixin, version_name
 from napari_probseg.store._predictions import PredictionsMixin
 from napari_probseg.store._verify import VerifyMixin
 
@@ -118,7 +113,9 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
         atomic_write_json(path / ".probseg" / "zarr.json", group_json(internal), staging=staging)
         (path / "images").mkdir(exist_ok=True)
         atomic_write_json(
-            path / "images" / "zarr.json", group_json({"probseg": {"kind": "images"}}), staging=staging
+            path / "images" / "zarr.json",
+            group_json({"probseg": {"kind": "images"}}),
+            staging=staging,
         )
         root = {
             "kind": "project",
@@ -289,14 +286,20 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             for sub, kind in (("annotations", "annotations"), ("predictions", "predictions")):
                 (build / sub).mkdir()
                 atomic_write_json(
-                    build / sub / "zarr.json", group_json({"probseg": {"kind": kind}}), staging=stage
+                    build / sub / "zarr.json",
+                    group_json({"probseg": {"kind": kind}}),
+                    staging=stage,
                 )
             (build / "drafts").mkdir()
             atomic_write_json(
-                build / "drafts" / "zarr.json", group_json({"probseg": {"kind": "drafts"}}), staging=stage
+                build / "drafts" / "zarr.json",
+                group_json({"probseg": {"kind": "drafts"}}),
+                staging=stage,
             )
             (build / "labels").mkdir()
-            atomic_write_json(build / "labels" / "zarr.json", group_json(labels_list_attrs([])), staging=stage)
+            atomic_write_json(
+                build / "labels" / "zarr.json", group_json(labels_list_attrs([])), staging=stage
+            )
             info = {
                 "kind": "image",
                 "image_id": image_id,
@@ -308,7 +311,9 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
                 **record,
             }
             atomic_write_json(
-                build / "zarr.json", group_json(image_attrs(image_id, scale, unit, info)), staging=stage
+                build / "zarr.json",
+                group_json(image_attrs(image_id, scale, unit, info)),
+                staging=stage,
             )
             fsync_tree(build)
             os.rename(build, target)
@@ -325,7 +330,9 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
         return out
 
     @staticmethod
-    def _check_chunks(chunks: Any, shape: tuple[int, ...], name: str, *, label: bool) -> tuple[int, ...]:
+    def _check_chunks(
+        chunks: Any, shape: tuple[int, ...], name: str, *, label: bool
+    ) -> tuple[int, ...]:
         if chunks is None:
             return default_chunks(tuple(shape), label=label)
         out = tuple(int(c) for c in chunks)
@@ -361,7 +368,9 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             info["label_chunks"] = tuple(int(c) for c in info["label_chunks"])
             assert len(info["shape"]) in (2, 3) and len(info["scale"]) == len(info["shape"])
         except (AssertionError, KeyError, TypeError, ValueError) as exc:
-            raise StoreCorruptionError(directory / "zarr.json", f"malformed image record ({exc!r})") from None
+            raise StoreCorruptionError(
+                directory / "zarr.json", f"malformed image record ({exc!r})"
+            ) from None
         return info
 
     def read_image(self, image_id: str) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -425,7 +434,9 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
 
     def history(self, image_id: str, rater: str | None = None) -> list[AnnotationVersion]:
         """Every committed version of one rater (or of all raters), oldest first."""
-        raters = [validate_identifier(rater, "rater")] if rater is not None else self.raters(image_id)
+        raters = (
+            [validate_identifier(rater, "rater")] if rater is not None else self.raters(image_id)
+        )
         out = [v for r in raters for v in self._load_versions(image_id, r)]
         return sorted(out, key=lambda v: (v.created, v.rater, v.version))
 
@@ -539,11 +550,15 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
         if source_run is not None:
             validate_identifier(source_run, "source_run")
         if source_sample is not None and (
-            isinstance(source_sample, bool) or int(source_sample) != source_sample or source_sample < 0
+            isinstance(source_sample, bool)
+            or int(source_sample) != source_sample
+            or source_sample < 0
         ):
             raise ValueError(f"source_sample: expected an integer >= 0, got {source_sample!r}")
         if parent_version is not None and (
-            isinstance(parent_version, bool) or int(parent_version) != parent_version or parent_version < 1
+            isinstance(parent_version, bool)
+            or int(parent_version) != parent_version
+            or parent_version < 1
         ):
             raise ValueError(f"parent_version: expected an integer >= 1, got {parent_version!r}")
         if not isinstance(note, str):

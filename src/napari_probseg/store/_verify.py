@@ -52,7 +52,9 @@ class VerifyMixin:
             try:
                 validate_identifier(entry.name, "image_id")
             except ValueError:
-                problems.append(Problem("warning", str(entry), "unexpected entry (not an image id)"))
+                problems.append(
+                    Problem("warning", str(entry), "unexpected entry (not an image id)")
+                )
                 continue
             problems.extend(self._verify_image(entry.name, cache, repair))
         return problems
@@ -128,9 +130,7 @@ class VerifyMixin:
             ]
         return out
 
-    def _verify_labels(
-        self, image_id: str, raters: list[str], cache: dict
-    ) -> list[Problem]:
+    def _verify_labels(self, image_id: str, raters: list[str], cache: dict) -> list[Problem]:
         found: list[Problem] = []
         labels_dir = self._image_dir(image_id) / "labels"
         for rater in raters:
@@ -167,7 +167,9 @@ class VerifyMixin:
         for entry in sorted(labels_dir.iterdir()) if labels_dir.is_dir() else []:
             if entry.is_dir() and entry.name not in raters:
                 found.append(
-                    Problem("warning", str(entry), "label image of no committed rater", repairable=True)
+                    Problem(
+                        "warning", str(entry), "label image of no committed rater", repairable=True
+                    )
                 )
         return found
 
@@ -181,7 +183,9 @@ class VerifyMixin:
                 if not entry.is_dir():
                     continue
                 try:
-                    committed = {version_name(v.version) for v in self._load_versions(image_id, entry.name)}
+                    committed = {
+                        version_name(v.version) for v in self._load_versions(image_id, entry.name)
+                    }
                 except (ValueError, FileNotFoundError, StoreCorruptionError):
                     continue
                 for child in entry.iterdir():
@@ -206,7 +210,9 @@ class VerifyMixin:
             except StoreCorruptionError as exc:
                 out.append(Problem("error", exc.path, exc.reason))
             except (KeyError, TypeError) as exc:
-                out.append(Problem("error", str(directory / "zarr.json"), f"malformed draft ({exc!r})"))
+                out.append(
+                    Problem("error", str(directory / "zarr.json"), f"malformed draft ({exc!r})")
+                )
         return out
 
     def _verify_predictions(self, image_id: str, cache: dict) -> list[Problem]:

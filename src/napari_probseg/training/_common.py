@@ -140,7 +140,7 @@ def train_network(
         nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (step + 1) % max(1, steps // 5) == 0:
             log(f"  {label} step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f} "
                 f"({time.perf_counter() - t0:.0f} s)")

@@ -149,6 +149,7 @@ def train_one(spec: dict[str, Any], out: Path, *, scale: float, data: dict[int, 
     cfg = DATA[ndim]
     norm, train, val, test = data[ndim]
     card = _card(spec, norm)
+    card.path = out / f"{card.name}.json"  # resolves the curvature file before the card is saved
     torch.manual_seed(cfg["seeds"][0])
     net = build_network(card)
     steps = max(2, int(round(spec["steps"] * scale)))

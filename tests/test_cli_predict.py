@@ -1,0 +1,202 @@
+"""``probseg predict`` / ``probseg models`` on a tiny user model card, and bad-input exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_probseg.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A user card + safetensors of a tiny 2D BasicUNet with channel dropout, and test images."""
+    import torch
+    from safetensors.torch import save_file
+
+    from napari_probseg.models import ModelCard
+    from napari_probseg.models.networks import build_network
+
+    d = tmp_path_factory.mktemp("models")
+    card = ModelCard.from_dict(
+        {
+            "name": "tiny2d",
+            "architecture": {
+                "wrapper": "plain",
+                "network": "BasicUNet",
+                "args": {"features": [4, 4, 4, 4, 4, 4], "dropout": 0.2},
+                "dropout_mode": "channel",
+            },
+            "weights": {"path": "tiny2d.safetensors", "format": "safetensors"},
+            "classes": ["background", "lesion"],
+            "in_channels": 1,
+            "spatial_dims": 2,
+            "normalization": {"kind": "zscore"},
+            "spacing": [1.0, 1.0],
+            "patch_size": [32, 32],
+            "methods": {"softmax": {}, "mc_dropout": {"p": 0.2}},
+            "default_method": "mc_dropout",
+        }
+    )
+    torch.manual_seed(0)
+    state = build_network(card).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "tiny2d.safetensors"))
+    card.save(d / "tiny2d.json")
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(40, 48)).astype(np.float32)
+    img[10:25, 12:30] += 2.0
+    np.save(d / "img.npy", img)
+    nan = img.copy()
+    nan[3, 3] = np.nan
+    np.save(d / "nan.npy", nan)
+    np.save(d / "four_d.npy", rng.normal(size=(2, 3, 20, 24)).astype(np.float32))
+    np.save(d / "vol.npy", rng.normal(size=(3, 20, 24)).astype(np.float32))
+    (d / "broken.npy").write_bytes(b"not a numpy file at all")
+    return d
+
+
+def test_predict_npy_writes_zarr_and_json_summary(model_dir, tmp_path, capsys):
+    out = tmp_path / "pred.zarr"
+    argv = [
+        "predict", str(model_dir / "img.npy"), "--model", "tiny2d", "--model-dir", str(model_dir),
+        "--method", "mc_dropout", "-n", "4", "--seed", "1", "--out", str(out), "--json",
+    ]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert captured.err == ""  # --json: no progress
+    assert summary["method"] == "mc_dropout" and summary["n_samples"] == 4
+    assert summary["source"] == ["parameter"] and summary["image"].endswith("img.npy")
+    assert summary["meanings"]["mutual_information"] == "epistemic"
+    assert {s["aggregation"] for s in summary["scores"]} == {
+        "mean", "foreground_normalized", "patch_max"
+    }
+    assert {m["measure"] for m in summary["structure"]} >= {
+        "pairwise_dice", "volume_cov", "sample_set_entropy"
+    }
+    assert "top" in summary["regions"] and set(summary["timings"]) >= {"sample", "total"}
+    group = zarr.open_group(str(out), mode="r")
+    assert group["samples"].shape == (4, 40, 48) and group["samples"].dtype == np.uint8
+    assert group["mean_probs"].shape == (2, 40, 48)
+    prov = group.attrs["provenance"]
+    from napari_probseg.models import load_card
+
+    assert prov["card_sha256"] == load_card(model_dir / "tiny2d.json").sha256
+    assert prov["seed"] == 1 and prov["tiling"]["patch_size"] == [32, 32]
+    assert group.attrs["regions"] == summary["regions"]
+
+
+def test_predict_human_output_progress_and_env_models(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PROBSEG_MODEL_PATH", str(model_dir))
+    out = tmp_path / "vol.zarr"
+    argv = [
+        "predict", str(model_dir / "vol.npy"), "--model", "tiny2d", "--slice-by-slice",
+        "-n", "2", "--out", str(out),
+    ]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "probseg predict:" in captured.err and "100%" in captured.err
+    assert "method: mc_dropout  N = 2" in captured.out
+    assert zarr.open_group(str(out), mode="r")["samples"].shape == (2, 3, 20, 24)
+    assert main(["models", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    tiny = next(m for m in listing["models"] if m["name"] == "tiny2d")
+    assert tiny["origin"] == "user" and tiny["methods"] == ["softmax", "mc_dropout"]
+    assert tiny["default_method"] == "mc_dropout"
+    assert main(["models"]) == 0
+    assert "tiny2d  [user, 2D" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["{d}/missing.npy"], "does not exist"),
+        (["{d}/broken.npy"], "broken.npy"),
+        (["{d}/nan.npy"], "NaN"),
+        (["{d}/four_d.npy"], "--channel"),
+        (["{d}/img.npy", "--model", "nosuchmodel"], "nosuchmodel"),
+        (["{d}/img.npy", "--method", "ssn"], "'ssn' is not supported"),
+        ([], "exactly one"),
+    ],
+)
+def test_bad_input_one_line_nonzero_no_traceback(model_dir, tmp_path, args, expect):
+    """In a real subprocess (these fail before torch is imported, so they are fast)."""
+    args = [a.format(d=model_dir) for a in args]
+    if "--model" not in args:
+        args += ["--model", "tiny2d"]
+    cmd = [
+        sys.executable, "-m", "napari_probseg.cli", "predict", *args,
+        "--model-dir", str(model_dir), "-n" if "-n" not in args else "--seed", "2",
+        "--out", str(tmp_path / "o.zarr"), "--json",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("probseg predict: error:") and expect in lines[0], lines[0]
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["{d}/vol.npy"], "--slice-by-slice"),
+        (["{d}/img.npy", "-n", "0"], "n_samples"),
+        (["{d}/img.npy", "--device", "cuda"], "CUDA"),
+    ],
+)
+def test_bad_input_after_model_load_in_process(model_dir, tmp_path, capsys, args, expect):
+    args = [a.format(d=model_dir) for a in args]
+    argv = ["predict", *args, "--model", str(model_dir / "tiny2d.json"), "--out",
+            str(tmp_path / "o.zarr")]
+    assert main(argv) != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("probseg predict: error:"), lines
+    assert expect in lines[0]
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_existing_out_is_refused(model_dir, tmp_path, capsys):
+    out = tmp_path / "o.zarr"
+    out.mkdir()
+    argv = ["predict", "--sample", "2d", "--model", str(model_dir / "tiny2d.json"), "--out", str(out)]
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def _bundled_2d_dropout():
+    from napari_probseg.models import bundled_models
+
+    for card in bundled_models().values():
+        if card.spatial_dims == 2 and "mc_dropout" in card.methods:
+            return card
+    return None
+
+
+@pytest.mark.slow
+def test_end_to_end_bundled_2d_model(tmp_path, capsys):
+    card = _bundled_2d_dropout()
+    if card is None:
+        pytest.skip("no bundled 2D MC-dropout model in resources/models yet")
+    out = tmp_path / "e2e.zarr"
+    argv = [
+        "predict", "--sample", "2d", "--model", card.name, "--method", "mc_dropout", "-n", "4",
+        "--out", str(out), "--json",
+    ]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_samples"] == 4 and summary["model"] == card.name
+    assert summary["image"] == "sample:2d"
+    group = zarr.open_group(str(out), mode="r")
+    assert group["samples"].shape == (4, 128, 128)
+    # a trained model finds the lesions: the consensus is not empty and not everything
+    fg = float(np.asarray(group["mean_probs"][1]).mean())
+    assert 0.0 < fg < 0.5
