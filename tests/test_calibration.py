@@ -242,6 +242,8 @@ def test_errors_name_the_argument():
         calibration(np.full((3, 4, 4), 1 / 3), np.zeros((4, 4), int), confidence="foreground")
     with pytest.raises(ValueError, match=r"^probs"):
         calibration(np.full((2, 4, 4), 1.5), np.zeros((4, 4), int))
+    with pytest.raises(ValueError, match=r"^labels"):
+        calibration(p, np.full((2, 4, 4), 1.5))  # soft labels outside [0, 1]
     with pytest.raises(ValueError, match=r"^other"):
         CalibrationAccumulator(n_bins=3).merge(CalibrationAccumulator(n_bins=4))
     with pytest.raises(ValueError, match=r"^labels"):

@@ -371,6 +371,11 @@ def fit_temperature(
     Returns
     -------
     TemperatureFit
+
+    Notes
+    -----
+    Works on float64 copies of the logits (a few arrays of ``n_pixels x K``); for large volumes
+    pass a ``mask`` that subsamples the pixels.
     """
     from scipy.optimize import minimize
 
@@ -500,6 +505,8 @@ def _confidence_correct(
             raise ValueError(f"mask: expected shape {spatial}, got {m.shape}")
         m = m.reshape(-1)
         conf, correct = conf[m], correct[m]
+    if soft and correct.size and not (correct.min() >= -1e-6 and correct.max() <= 1 + 1e-6):
+        raise ValueError("labels: soft labels must be finite rater shares in [0, 1]")
     if conf.size:
         # min/max propagate NaN, so this one pass also rejects NaN and Inf.
         lo, hi = conf.min(), conf.max()

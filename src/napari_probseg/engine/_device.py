@@ -6,8 +6,10 @@ import math
 from typing import Any
 
 #: Default activation factor: bytes of intermediate activations per byte of output probabilities.
-#: A small U-Net keeps ~16-64 feature maps per voxel at full resolution; 48 is a safe middle.
-DEFAULT_ACTIVATION_FACTOR = 48.0
+#: Calibrated on the bundled 3D BasicUNet (features 8-64): ~330 MB of peak RSS per sample of a
+#: 64³ tile with K = 2, i.e. ~160x the 2 MB of float32 output (bench_engine "memory").
+#: Methods may set an ``activation_factor`` attribute to override it.
+DEFAULT_ACTIVATION_FACTOR = 160.0
 
 #: CPU budget for one sample batch when none is given (bytes). Fixed, not read from the free
 #: memory, so that the automatic batch size (and therefore the samples for a seed) is the same on

@@ -61,9 +61,16 @@ def label_dtype(mask: np.ndarray, floor: str | None = None) -> np.dtype:
 
 
 def present_labels(mask: np.ndarray) -> tuple[int, ...]:
-    """Sorted label values present in ``mask`` (bincount: much faster than ``np.unique``)."""
-    if mask.dtype.itemsize <= 2:
-        return tuple(int(v) for v in np.flatnonzero(np.bincount(mask.ravel())))
+    """Sorted label values present in ``mask``.
+
+    A few labels (the usual case): one comparison pass per label, much faster than ``np.unique``
+    or ``np.bincount`` (which converts the whole volume to intp) on large volumes.
+    """
+    if mask.size == 0:
+        return ()
+    top = int(mask.max())
+    if top <= 16:
+        return tuple(v for v in range(top + 1) if v == top or bool((mask == v).any()))
     return tuple(int(v) for v in np.unique(mask))
 
 
