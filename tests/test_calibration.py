@@ -88,6 +88,46 @@ def test_adaptive_ece_equal_mass_bins():
     assert np.isnan(adaptive_ece(p, y, mask=np.zeros_like(y, bool)))
 
 
+def _reference_errors(conf, correct, n_bins):
+    """ECE/MCE/ACE from the definitions, with an explicit loop over bins."""
+    idx = np.minimum(np.floor(conf * n_bins).astype(int), n_bins - 1)
+    gaps, weights = [], []
+    for b in range(n_bins):
+        sel = idx == b
+        if sel.any():
+            gaps.append(abs(correct[sel].mean() - conf[sel].mean()))
+            weights.append(sel.mean())
+    gaps = np.array(gaps)
+    return float(np.sum(np.array(weights) * gaps)), float(gaps.max()), float(gaps.mean())
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_large_image_in_blocks_matches_definition(soft):
+    # 310 x 300 = 93000 pixels: more than one internal block of 2**16 pixels.
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet([0.5, 0.5, 0.5], size=(310, 300)).transpose(2, 0, 1)
+    mask = rng.random((310, 300)) < 0.8
+    if soft:
+        labels = rng.dirichlet([1, 1, 1], size=(310, 300)).transpose(2, 0, 1)
+        correct = np.take_along_axis(labels, probs.argmax(0)[None], 0)[0]
+    else:
+        labels = rng.integers(0, 3, size=(310, 300))
+        correct = (probs.argmax(0) == labels).astype(float)
+    r = calibration(probs, labels, n_bins=12, mask=mask)
+    ece, mce, ace = _reference_errors(probs.max(0)[mask], correct[mask], 12)
+    assert r.n_pixels == mask.sum()
+    assert (r.ece, r.mce, r.ace) == pytest.approx((ece, mce, ace), abs=1e-12)
+
+
+def test_invalid_block_leaves_accumulator_unchanged():
+    acc = CalibrationAccumulator(n_bins=5)
+    p = np.full((300, 300), 0.7)
+    p[-1, -1] = np.nan  # in the last internal block
+    with pytest.raises(ValueError, match=r"^probs"):
+        acc.update(p, np.ones((300, 300), int))
+    assert acc.counts.sum() == 0
+
+
 def test_empty_input_gives_nan():
     r = CalibrationAccumulator(n_bins=5).result()
     assert np.isnan(r.ece) and r.n_pixels == 0

@@ -64,8 +64,21 @@ def model_dir(tmp_path_factory):
 def test_predict_npy_writes_zarr_and_json_summary(model_dir, tmp_path, capsys):
     out = tmp_path / "pred.zarr"
     argv = [
-        "predict", str(model_dir / "img.npy"), "--model", "tiny2d", "--model-dir", str(model_dir),
-        "--method", "mc_dropout", "-n", "4", "--seed", "1", "--out", str(out), "--json",
+        "predict",
+        str(model_dir / "img.npy"),
+        "--model",
+        "tiny2d",
+        "--model-dir",
+        str(model_dir),
+        "--method",
+        "mc_dropout",
+        "-n",
+        "4",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--json",
     ]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -75,10 +88,14 @@ def test_predict_npy_writes_zarr_and_json_summary(model_dir, tmp_path, capsys):
     assert summary["source"] == ["parameter"] and summary["image"].endswith("img.npy")
     assert summary["meanings"]["mutual_information"] == "epistemic"
     assert {s["aggregation"] for s in summary["scores"]} == {
-        "mean", "foreground_normalized", "patch_max"
+        "mean",
+        "foreground_normalized",
+        "patch_max",
     }
     assert {m["measure"] for m in summary["structure"]} >= {
-        "pairwise_dice", "volume_cov", "sample_set_entropy"
+        "pairwise_dice",
+        "volume_cov",
+        "sample_set_entropy",
     }
     assert "top" in summary["regions"] and set(summary["timings"]) >= {"sample", "total"}
     group = zarr.open_group(str(out), mode="r")
@@ -96,8 +113,15 @@ def test_predict_human_output_progress_and_env_models(model_dir, tmp_path, capsy
     monkeypatch.setenv("PROBSEG_MODEL_PATH", str(model_dir))
     out = tmp_path / "vol.zarr"
     argv = [
-        "predict", str(model_dir / "vol.npy"), "--model", "tiny2d", "--slice-by-slice",
-        "-n", "2", "--out", str(out),
+        "predict",
+        str(model_dir / "vol.npy"),
+        "--model",
+        "tiny2d",
+        "--slice-by-slice",
+        "-n",
+        "2",
+        "--out",
+        str(out),
     ]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -131,9 +155,18 @@ def test_bad_input_one_line_nonzero_no_traceback(model_dir, tmp_path, args, expe
     if "--model" not in args:
         args += ["--model", "tiny2d"]
     cmd = [
-        sys.executable, "-m", "napari_probseg.cli", "predict", *args,
-        "--model-dir", str(model_dir), "-n" if "-n" not in args else "--seed", "2",
-        "--out", str(tmp_path / "o.zarr"), "--json",
+        sys.executable,
+        "-m",
+        "napari_probseg.cli",
+        "predict",
+        *args,
+        "--model-dir",
+        str(model_dir),
+        "-n" if "-n" not in args else "--seed",
+        "2",
+        "--out",
+        str(tmp_path / "o.zarr"),
+        "--json",
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
@@ -155,8 +188,14 @@ def test_bad_input_one_line_nonzero_no_traceback(model_dir, tmp_path, args, expe
 )
 def test_bad_input_after_model_load_in_process(model_dir, tmp_path, capsys, args, expect):
     args = [a.format(d=model_dir) for a in args]
-    argv = ["predict", *args, "--model", str(model_dir / "tiny2d.json"), "--out",
-            str(tmp_path / "o.zarr")]
+    argv = [
+        "predict",
+        *args,
+        "--model",
+        str(model_dir / "tiny2d.json"),
+        "--out",
+        str(tmp_path / "o.zarr"),
+    ]
     assert main(argv) != 0
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("probseg predict: error:"), lines
@@ -167,7 +206,15 @@ def test_bad_input_after_model_load_in_process(model_dir, tmp_path, capsys, args
 def test_existing_out_is_refused(model_dir, tmp_path, capsys):
     out = tmp_path / "o.zarr"
     out.mkdir()
-    argv = ["predict", "--sample", "2d", "--model", str(model_dir / "tiny2d.json"), "--out", str(out)]
+    argv = [
+        "predict",
+        "--sample",
+        "2d",
+        "--model",
+        str(model_dir / "tiny2d.json"),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
 
@@ -188,8 +235,18 @@ def test_end_to_end_bundled_2d_model(tmp_path, capsys):
         pytest.skip("no bundled 2D MC-dropout model in resources/models yet")
     out = tmp_path / "e2e.zarr"
     argv = [
-        "predict", "--sample", "2d", "--model", card.name, "--method", "mc_dropout", "-n", "4",
-        "--out", str(out), "--json",
+        "predict",
+        "--sample",
+        "2d",
+        "--model",
+        card.name,
+        "--method",
+        "mc_dropout",
+        "-n",
+        "4",
+        "--out",
+        str(out),
+        "--json",
     ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -116,7 +116,9 @@ def _xlogx(p):
 
 def test_accumulated_maps_equal_stacked_computation():
     method, img = TinyMethod(), _image()
-    res = engine.run_prediction(img, method, n_samples=7, seed=3, batch_size=3, normalization="none")
+    res = engine.run_prediction(
+        img, method, n_samples=7, seed=3, batch_size=3, normalization="none"
+    )
     probs = _stacked(method, img[None], 7, 3, 3).astype(np.float64)  # (N, K, *S)
     mean = probs.mean(0)
     pe = -_xlogx(mean).sum(0)
@@ -146,7 +148,9 @@ def test_tiled_equals_untiled_for_translation_equivariant_network(spatial_dims):
     assert tiled.provenance["tiling"]["n_tiles"] > 4
     assert tiled.provenance["tiling"]["blend"] == "gaussian"
     np.testing.assert_allclose(tiled.maps.mean_probs, whole.maps.mean_probs, atol=1e-5)
-    np.testing.assert_allclose(tiled.maps.mutual_information, whole.maps.mutual_information, atol=1e-5)
+    np.testing.assert_allclose(
+        tiled.maps.mutual_information, whole.maps.mutual_information, atol=1e-5
+    )
     np.testing.assert_array_equal(tiled.samples, whole.samples)
 
 
@@ -170,9 +174,9 @@ def test_plan_tiles_covers_image_and_pads_small_axes():
         cover[w.weight_index] += 1
     assert cover.min() >= 1
     assert plan.n_tiles == len(plan.windows) == 3  # starts 0, 12, 24
-    with pytest.raises(ValueError, match="^overlap"):
+    with pytest.raises(ValueError, match=r"^overlap"):
         plan_tiles((40, 10), spatial_dims=2, patch_size=(16, 16), overlap=1.0)
-    with pytest.raises(ValueError, match="^patch_size"):
+    with pytest.raises(ValueError, match=r"^patch_size"):
         plan_tiles((40, 10), spatial_dims=2, patch_size=(16,), overlap=0.1)
 
 
@@ -230,7 +234,12 @@ def test_cancel_stops_promptly_without_result():
 
         try:
             outcome["result"] = engine.run_prediction(
-                img, method, n_samples=16, batch_size=2, patch_size=(16, 16), cancel=cancel,
+                img,
+                method,
+                n_samples=16,
+                batch_size=2,
+                patch_size=(16, 16),
+                cancel=cancel,
                 callback=callback,
             )
         except engine.Cancelled:
@@ -245,6 +254,51 @@ def test_cancel_stops_promptly_without_result():
     assert "result" not in outcome
     assert outcome["cancelled"] - t_cancel < 1.0
     assert len(method.calls) < 10
+
+
+class _SlowLayer(torch.nn.Module):
+    def __init__(self, started):
+        super().__init__()
+        self.started = started
+
+    def forward(self, x):
+        self.started.set()
+        time.sleep(0.15)
+        return x
+
+
+class SlowNetworkMethod(TinyMethod):
+    """One forward of ``network`` takes 3 s (20 layers x 0.15 s) whatever the batch."""
+
+    def __init__(self, started):
+        super().__init__()
+        self.network = torch.nn.Sequential(*[_SlowLayer(started) for _ in range(20)])
+
+    def sample(self, x, n, *, generator):
+        self.network(x)
+        return super().sample(x, n, generator=generator)
+
+
+def test_cancel_interrupts_a_long_forward_and_removes_hooks():
+    started, cancel, outcome = threading.Event(), threading.Event(), {}
+    method = SlowNetworkMethod(started)
+
+    def work():
+        try:
+            outcome["result"] = engine.run_prediction(
+                _image((16, 16)), method, n_samples=16, cancel=cancel
+            )
+        except engine.Cancelled:
+            outcome["cancelled"] = time.perf_counter()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    assert started.wait(30)
+    t_cancel = time.perf_counter()
+    cancel.set()
+    thread.join(10)
+    assert "result" not in outcome and outcome["cancelled"] - t_cancel < 1.0
+    assert all(not m._forward_pre_hooks for m in method.network.modules())
 
 
 def test_cancel_callable_before_start():
@@ -265,7 +319,9 @@ def test_oom_halves_batch_and_records_warning():
 def test_oom_on_accelerator_falls_back_to_cpu():
     method = OOMMethod(limit=100)  # fails on any non-CPU device ("meta" stands in for a GPU)
     with pytest.warns(RuntimeWarning, match="falling back to the CPU"):
-        res = engine.run_prediction(_image((20, 20)), method, n_samples=4, batch_size=2, device="meta")
+        res = engine.run_prediction(
+            _image((20, 20)), method, n_samples=4, batch_size=2, device="meta"
+        )
     assert res.provenance["device"] == "cpu" and res.provenance["device_requested"] == "meta"
     assert any("falling back" in w for w in res.provenance["warnings"])
     assert res.maps.mean_probs.shape == (2, 20, 20)
@@ -305,14 +361,29 @@ def test_deterministic_method_draws_one_sample():
 def test_provenance_fields_and_spacing_warning():
     method = TinyMethod()
     method.card = SimpleNamespace(
-        sha256="ab" * 32, name="tiny", spacing=(1.0, 1.0), patch_size=(16, 16),
+        sha256="ab" * 32,
+        name="tiny",
+        spacing=(1.0, 1.0),
+        patch_size=(16, 16),
         normalization={"kind": "zscore"},
     )
     with pytest.warns(RuntimeWarning, match="spacing"):
         res = engine.run_prediction(_image(), method, n_samples=2, scale=(2.0, 2.0))
     p = res.provenance
-    for key in ("card_sha256", "method", "method_params", "n_samples", "seed", "device", "versions",
-                "input_signature", "timings", "warnings", "normalization", "tiling"):
+    for key in (
+        "card_sha256",
+        "method",
+        "method_params",
+        "n_samples",
+        "seed",
+        "device",
+        "versions",
+        "input_signature",
+        "timings",
+        "warnings",
+        "normalization",
+        "tiling",
+    ):
         assert key in p, key
     assert p["card_sha256"] == "ab" * 32 and p["method"] == "mc_dropout"
     assert p["method_params"] == {"p": 0.5, "hidden": 8}
@@ -394,7 +465,9 @@ def test_normalize_percentile_and_window_known_answers():
     hu = np.array([[-1000.0, -160.0, 40.0, 240.0, 3000.0]])
     out = engine.normalize(hu, {"kind": "window", "center": 40, "width": 400})
     np.testing.assert_allclose(out, [[0.0, 0.0, 0.5, 1.0, 1.0]])
-    np.testing.assert_allclose(engine.normalize(hu, {"mode": "ct_window", "window": [-160, 240]}), out)
+    np.testing.assert_allclose(
+        engine.normalize(hu, {"mode": "ct_window", "window": [-160, 240]}), out
+    )
 
 
 def test_normalize_per_channel_and_errors():
@@ -402,7 +475,7 @@ def test_normalize_per_channel_and_errors():
     out = engine.normalize(x, "zscore")
     np.testing.assert_allclose(out[0], out[1], atol=1e-6)
     assert engine.parse_normalization(None) == {"kind": "none"}
-    with pytest.raises(ValueError, match="^normalization: window needs"):
+    with pytest.raises(ValueError, match=r"^normalization: window needs"):
         engine.parse_normalization({"kind": "window"})
-    with pytest.raises(ValueError, match="^image: contains NaN"):
+    with pytest.raises(ValueError, match=r"^image: contains NaN"):
         engine.normalize(np.array([[np.nan]]), "none")

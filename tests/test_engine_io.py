@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import zarr
-from test_engine import SoftmaxMethod, TinyMethod, _image
 
 from napari_probseg import engine
+from test_engine import SoftmaxMethod, TinyMethod, _image
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,10 @@ def test_save_refuses_to_overwrite_and_float16(result, tmp_path):
     np.testing.assert_allclose(
         group["predictive_entropy"][...], result.maps.predictive_entropy, atol=1e-3
     )
-    with pytest.raises(ValueError, match="^map_dtype"):
+    with pytest.raises(ValueError, match=r"^map_dtype"):
         engine.save_result(result, tmp_path / "x.zarr", map_dtype="int8")
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3)
-    with pytest.raises(ValueError, match="^path"):
+    with pytest.raises(ValueError, match=r"^path"):
         engine.load_result(tmp_path / "other.zarr")
 
 
@@ -104,5 +104,5 @@ def test_summarize_deterministic_and_custom_aggregations():
     assert [s["aggregation"] for s in summary["scores"]] == ["sum", "thresholded_share"]
     dice = next(m for m in summary["structure"] if m["measure"] == "pairwise_dice")
     assert dice["value"] is None  # N = 1: no pair (NaN -> null)
-    with pytest.raises(ValueError, match="^region_map"):
+    with pytest.raises(ValueError, match=r"^region_map"):
         engine.summarize(res, region_map="variance")

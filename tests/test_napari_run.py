@@ -62,7 +62,7 @@ def test_run_2d_mc_dropout_lands_named_layers(make_napari_viewer, qtbot, cards):
     assert widget.device_combo.itemText(0) == "auto" and "cpu" in [
         widget.device_combo.itemText(i) for i in range(widget.device_combo.count())
     ]
-    _run(qtbot, widget, image="scan", method="mc_dropout", n_samples=3, seed=1, device="cpu")
+    _run(qtbot, widget, image="scan", method="mc_dropout", n_samples=3, seed=1, device="auto")
     assert widget.last_error is None, widget.last_error
     names = _names(viewer)
     assert "scan · hypotheses (N=3)" in names
@@ -154,6 +154,32 @@ def test_nan_image_is_an_error_notification(make_napari_viewer, qtbot, cards):
     assert len(errors) == 1 and "NaN" in errors[0] and errors[0].startswith("probseg: run failed")
     assert _names(viewer) == ["bad"]
     assert widget.run_button.isEnabled()
+
+
+def test_out_of_memory_is_a_notification_and_the_panel_recovers(
+    make_napari_viewer, qtbot, cards
+):
+    import torch
+
+    from napari_probseg.models import load_method
+
+    method = load_method(cards["plain2d"], "mc_dropout")
+
+    def oom(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    method.network.register_forward_hook(oom)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(_image(2), name="img")
+    widget = RunWidget(viewer)
+    before = len(_errors())
+    request = RunRequest(model=method, method="mc_dropout", n_samples=2, device="cpu")
+    widget.start(layer, request, Placement("img", (1.0, 1.0)))
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    errors = _errors()[before:]
+    assert len(errors) == 1 and "out of memory" in errors[0] and "fewer" not in errors[0]
+    assert "lower the number of samples" in errors[0]
+    assert _names(viewer) == ["img"] and widget.run_button.isEnabled()
 
 
 def test_bad_model_card_is_an_error_notification(make_napari_viewer, tmp_path):

@@ -198,6 +198,11 @@ def test_matmul_and_popcount_counts_agree_across_chunks():
     c = observer._intersections([s, y], None, 1 << 18, method="popcount")
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
+    cross = observer._intersections([s, y], None, 64, method="popcount", cross_only=True)
+    n = len(s)
+    np.testing.assert_array_equal(cross[:, :n, n:], a[:, :n, n:])
+    diag = np.arange(n + len(y))
+    np.testing.assert_array_equal(cross[:, diag, diag], a[:, diag, diag])
     np.testing.assert_allclose(iou_matrix(s, chunk_pixels=97), iou_matrix(s))
 
 

@@ -102,8 +102,11 @@ def describe_error(exc: BaseException) -> str:
     Out-of-memory errors suggest fewer samples or the CPU; other errors keep their message, which
     in this package starts with the name of the bad argument.
     """
+    from napari_probseg._napari._runner import JobError
     from napari_probseg.engine._device import is_out_of_memory
 
+    if isinstance(exc, JobError) and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if is_out_of_memory(exc):
         return (

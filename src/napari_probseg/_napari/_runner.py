@@ -18,6 +18,14 @@ import numpy as np
 from napari_probseg._napari._layers import LayerData, Placement, prediction_layers
 
 
+class JobError(Exception):
+    """A run failed; ``__cause__`` holds the original exception.
+
+    Wraps ``RuntimeError`` (torch errors, CUDA out of memory) because superqt's generator worker
+    takes a ``RuntimeError`` for "worker deleted" and then never reports the end of the run.
+    """
+
+
 @dataclass
 class RunRequest:
     """What the user asked for in the run panel.
@@ -105,16 +113,37 @@ def run_job(
     -------
     RunOutput
         The ``PredictionResult`` and the layer-data tuples of :func:`prediction_layers`.
+
+    Raises
+    ------
+    ValueError
+        Bad image (NaN, shape), model card or argument; the message names it.
+    engine.Cancelled
+        When ``cancel`` fires; nothing is returned.
+    JobError
+        Any ``RuntimeError`` (e.g. CUDA out of memory), kept as ``__cause__``.
     """
+    try:
+        return (yield from _job(image, request, placement, cancel))
+    except RuntimeError as exc:
+        raise JobError(str(exc)) from exc
+
+
+def _job(
+    image: Any,
+    request: RunRequest,
+    placement: Placement,
+    cancel: threading.Event | Callable[[], bool] | None,
+) -> Generator[Any, None, RunOutput]:
     from napari_probseg import engine
+    from napari_probseg.engine._device import resolve_device
     from napari_probseg.models import load_method
 
     arr = check_image(image)
     is_cancelled = _as_check(cancel)
+    device = resolve_device(request.device)
     if isinstance(request.model, str | Path):
-        method = load_method(
-            request.model, request.method, device=request.device, trust=request.trust
-        )
+        method = load_method(request.model, request.method, device=device, trust=request.trust)
     else:
         method = request.model
     if is_cancelled():
@@ -124,7 +153,7 @@ def run_job(
         method,
         n_samples=request.n_samples,
         seed=request.seed,
-        device=request.device,
+        device=device,
         scale=tuple(placement.scale),
         cancel=is_cancelled,
         batch_size=request.batch_size,

@@ -131,9 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         if not entries:
             print("no models found (bundled models live in resources/models; add --model-dir)")
         for e in entries:
-            methods = ", ".join(
-                f"{m}*" if m == e["default_method"] else m for m in e["methods"]
-            )
+            methods = ", ".join(f"{m}*" if m == e["default_method"] else m for m in e["methods"])
             print(
                 f"{e['name']}  [{e['origin']}, {e['spatial_dims']}D, "
                 f"classes: {', '.join(e['classes'])}]  methods: {methods}"

@@ -166,7 +166,10 @@ def run(args: argparse.Namespace) -> int:
     summary = engine.summarize(result)
     summary = {"image": source, "out": str(args.out), **summary}
     engine.save_result(
-        result, args.out, regions=summary["regions"], map_dtype=args.map_dtype,
+        result,
+        args.out,
+        regions=summary["regions"],
+        map_dtype=args.map_dtype,
         overwrite=args.overwrite,
     )
     if args.json:
@@ -195,7 +198,9 @@ def _print_human(s: dict) -> None:
         value = "nan" if m["value"] is None else f"{m['value']:.4g}"
         print(f"  {m['measure']:<42} {value:<10} ({m['aggregation']})")
     top = s["regions"]["top"]
-    print(f"top {len(top)} regions of {s['regions']['label']} (quantile {s['regions']['quantile']}):")
+    print(
+        f"top {len(top)} regions of {s['regions']['label']} (quantile {s['regions']['quantile']}):"
+    )
     for r in top:
         print(f"  #{r['rank']}: score {r['score']:.4g}, {r['size']} voxels, bbox {r['bbox']}")
     t = s["timings"]

@@ -103,7 +103,8 @@ def check_masks(masks: Any, name: str = "masks", *, min_samples: int = 1) -> np.
     check_ndim(arr, name, min_ndim=3, max_ndim=4, shape="(N, *spatial) with 2 or 3 spatial axes")
     if arr.shape[0] < min_samples:
         raise ValueError(f"{name}: needs at least {min_samples} mask(s), got {arr.shape[0]}")
-    if arr.size and arr.min() < 0:
+    # Unsigned labels cannot be negative: skip a full pass over (possibly large) mask sets.
+    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
         raise ValueError(f"{name}: labels must be >= 0 (0 = background)")
     return arr
 

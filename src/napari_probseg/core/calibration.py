@@ -31,6 +31,7 @@ lives, the per-bin sums are float64 numpy (exact for up to 2**53 pixels) and res
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,27 +157,33 @@ class CalibrationAccumulator:
         CalibrationAccumulator
             ``self``, for chaining.
         """
-        conf, correct, kind = _confidence_correct(
-            probs, labels, self.confidence, mask, foreground_map
-        )
+        kind, blocks = _confidence_blocks(probs, labels, self.confidence, mask, foreground_map)
         if self.label_kind not in (None, kind):
             raise ValueError(
                 f"labels: mixing {self.label_kind} and {kind} labels in one accumulator"
             )
-        self.label_kind = kind
         n = self.n_bins
-        idx = _bin_index(conf, n)
-        self.sum_confidence += np.bincount(idx, weights=conf, minlength=n)
-        if correct.dtype == bool:
-            # Hard labels: one bincount over (bin, correct) gives both counts and correct sums,
-            # cheaper than a second weighted bincount.
-            idx += n * correct
-            both = np.bincount(idx, minlength=2 * n)
-            self.counts += both[:n] + both[n:]
-            self.sum_correct += both[n:]
-        else:
-            self.counts += np.bincount(idx, minlength=n)
-            self.sum_correct += np.bincount(idx, weights=correct, minlength=n)
+        # Sum into temporaries first so that an invalid block leaves the accumulator unchanged.
+        counts = np.zeros(n, dtype=np.int64)
+        sum_conf = np.zeros(n)
+        sum_correct = np.zeros(n)
+        for conf, correct in blocks:
+            idx = _bin_index(conf, n)
+            sum_conf += np.bincount(idx, weights=conf, minlength=n)
+            if correct.dtype == bool:
+                # Hard labels: one bincount over (bin, correct) gives both the counts and the
+                # correct sums, cheaper than a second weighted bincount.
+                idx += n * correct
+                both = np.bincount(idx, minlength=2 * n)
+                counts += both[:n] + both[n:]
+                sum_correct += both[n:]
+            else:
+                counts += np.bincount(idx, minlength=n)
+                sum_correct += np.bincount(idx, weights=correct, minlength=n)
+        self.counts += counts
+        self.sum_confidence += sum_conf
+        self.sum_correct += sum_correct
+        self.label_kind = kind
         return self
 
     def merge(self, other: CalibrationAccumulator) -> CalibrationAccumulator:
@@ -459,11 +466,31 @@ def _bin_index(conf: np.ndarray, n_bins: int) -> np.ndarray:
     return scaled.astype(np.intp)
 
 
+# Pixels per block in CalibrationAccumulator.update: the temporaries of a 2**16 block stay in
+# cache, ~1.8x faster than whole 4M-pixel tiles (benchmarks/bench_metrics.py).
+_BLOCK = 1 << 16
+
+
 def _confidence_correct(
     probs: Any, labels: Any, confidence: str, mask: Any, foreground_map: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Flat confidences (float32 or float64 as given), correctness (bool for hard labels,
-    float64 for soft ones) and the label kind."""
+    float64 for soft ones) and the label kind, all pixels at once."""
+    kind, blocks = _confidence_blocks(probs, labels, confidence, mask, foreground_map, None)
+    ((conf, correct),) = blocks
+    return conf, correct, kind
+
+
+def _confidence_blocks(
+    probs: Any,
+    labels: Any,
+    confidence: str,
+    mask: Any,
+    foreground_map: bool | None,
+    block: int | None = _BLOCK,
+) -> tuple[str, Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """Validate the inputs; return the label kind and an iterator over flat pixel blocks of
+    ``(confidence, correctness)`` (one block when ``block`` is None)."""
     if tuple(probs.shape) == ():
         raise ValueError("probs: expected shape (K, *spatial) or (*spatial), got a scalar")
     if is_torch(labels):
@@ -490,20 +517,53 @@ def _confidence_correct(
             raise ValueError(f"labels: expected shape {want} for probs {pshape}, got {lshape}")
     if confidence == "foreground" and not foreground_map and pshape[0] != 2:
         raise ValueError(f"confidence: 'foreground' needs a binary problem, got K={pshape[0]}")
-    if is_torch(probs) or is_torch(labels):
-        conf, correct = _reduce_torch(probs, labels, foreground_map, soft, confidence)
-    else:
-        conf, correct = _reduce_numpy(np.asarray(probs), labels, foreground_map, soft, confidence)
-    conf = np.asarray(conf).reshape(-1)
-    if conf.dtype not in (np.float32, np.float64):
-        conf = conf.astype(np.float64)
-    correct = correct.reshape(-1)
-    correct = correct.astype(np.float64, copy=False) if soft else correct.astype(bool, copy=False)
+    m = None
     if mask is not None:
         m = to_numpy(mask).astype(bool)
         if m.shape != spatial:
             raise ValueError(f"mask: expected shape {spatial}, got {m.shape}")
         m = m.reshape(-1)
+    kind = "soft" if soft else "hard"
+    n_pix = int(np.prod(spatial))
+    step = n_pix if block is None else block
+
+    if is_torch(probs) or is_torch(labels):
+        # Reduce over classes where the data lives, then bin on the CPU.
+        conf, correct = _reduce_torch(probs, labels, foreground_map, soft, confidence)
+        conf, correct = conf.reshape(-1), correct.reshape(-1)
+
+        def torch_blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for a in range(0, max(n_pix, 1), max(step, 1)):
+                sl = slice(a, a + step)
+                yield _finish(conf[sl], correct[sl], soft, None if m is None else m[sl])
+
+        return kind, torch_blocks()
+
+    p = np.asarray(probs)
+    p = p.reshape(-1) if foreground_map else p.reshape(pshape[0], -1)
+    lab = labels.reshape(-1) if labels.ndim == len(spatial) else labels.reshape(lshape[0], -1)
+
+    def numpy_blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for a in range(0, max(n_pix, 1), max(step, 1)):
+            sl = slice(a, a + step)
+            conf, correct = _reduce_numpy(
+                p[..., sl], lab[..., sl], foreground_map, soft, confidence
+            )
+            yield _finish(conf, correct, soft, None if m is None else m[sl])
+
+    return kind, numpy_blocks()
+
+
+def _finish(
+    conf: np.ndarray, correct: np.ndarray, soft: bool, m: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten, apply the mask, check ranges and clip rounding overshoots of one block."""
+    conf = np.asarray(conf).reshape(-1)
+    if conf.dtype not in (np.float32, np.float64):
+        conf = conf.astype(np.float64)
+    correct = np.asarray(correct).reshape(-1)
+    correct = correct.astype(np.float64, copy=False) if soft else correct.astype(bool, copy=False)
+    if m is not None:
         conf, correct = conf[m], correct[m]
     if soft and correct.size and not (correct.min() >= -1e-6 and correct.max() <= 1 + 1e-6):
         raise ValueError("labels: soft labels must be finite rater shares in [0, 1]")
@@ -514,7 +574,7 @@ def _confidence_correct(
             raise ValueError("probs: probabilities must be finite and lie in [0, 1]")
         if lo < 0 or hi > 1:  # rounding of normalized probabilities; keep 1+eps in the last bin
             conf = np.clip(conf, 0.0, 1.0)  # a copy: conf may be the caller's array
-    return conf, correct, ("soft" if soft else "hard")
+    return conf, correct
 
 
 def _reduce_numpy(

@@ -170,7 +170,7 @@ def iou_matrix(
     _check_same_spatial(a, b, "masks_b")
     if masks_b is None:
         return _iou_from_counts(_intersections([a], n_classes, chunk_pixels))
-    inter = _intersections([a, b], n_classes, chunk_pixels)
+    inter = _intersections([a, b], n_classes, chunk_pixels, cross_only=True)
     n = len(a)
     return _iou_from_counts(inter)[:n, n:]
 
@@ -242,8 +242,8 @@ def hm_iou(
     HMIoUResult
     """
     s, r = _prepare(samples, references, n_samples)
-    iou = _iou_from_counts(_intersections([s, r], n_classes, _DEFAULT_CHUNK))
-    return _hm_from_iou(iou[: len(s), len(s) :])
+    inter = _intersections([s, r], n_classes, _DEFAULT_CHUNK, cross_only=True)
+    return _hm_from_iou(_iou_from_counts(inter)[: len(s), len(s) :])
 
 
 def variance_map(masks: Any, *, n_classes: int | None = None) -> np.ndarray:
@@ -389,15 +389,22 @@ def _n_classes(sets: list[np.ndarray], n_classes: int | None) -> int:
 
 
 def _intersections(
-    sets: list[np.ndarray], n_classes: int | None, chunk: int, *, method: str = "auto"
+    sets: list[np.ndarray],
+    n_classes: int | None,
+    chunk: int,
+    *,
+    method: str = "auto",
+    cross_only: bool = False,
 ) -> np.ndarray:
     """Intersection counts ``(C - 1, L, L)`` (int64) of all masks of ``sets`` stacked, per class.
 
     The diagonal holds the per-mask areas. ``method="matmul"``: one float32 matrix product
     ``X @ X.T`` per class and chunk of flattened indicator masks. ``method="popcount"``: the same
-    products on bit-packed masks (AND + popcount, one call per row); on 20 masks of 128**3 it is
-    ~2.5x faster than the float32 BLAS product (benchmarks/bench_metrics.py), so ``"auto"`` uses it
-    whenever numpy has ``bitwise_count`` (numpy >= 2.0).
+    product on bit-packed masks (AND + popcount, one call per row and block of words); on 20
+    masks of 128**3 it is ~3x faster than the float32 BLAS product (benchmarks/bench_metrics.py),
+    so ``"auto"`` uses it whenever numpy has ``bitwise_count`` (numpy >= 2.0).
+    ``cross_only`` (two sets, popcount only): fill just the areas and the first-set x second-set
+    block, leaving the within-set blocks at 0 (HM-IoU and two-set IoU matrices need no more).
     """
     k = _n_classes(sets, n_classes)
     if method == "auto":
@@ -407,31 +414,66 @@ def _intersections(
     n_pix = flat[0].shape[1]
     total = np.zeros((k - 1, n_masks, n_masks), dtype=np.int64)
     if method == "popcount":
-        # 2**16 pixels = 8 KiB per packed mask: the rows of a chunk stay in cache.
-        chunk = min(chunk, 1 << 16)
-    binary = k == 2 and all(f.dtype in (np.uint8, np.bool_) for f in flat)
+        for c in range(1, k):
+            split = len(flat[0]) if cross_only and len(flat) == 2 else None
+            total[c - 1] = _popcount_gram(_pack(flat, c, k == 2), split=split)
+        return total
     for start in range(0, n_pix, chunk):
         stop = min(start + chunk, n_pix)
         block = np.concatenate([f[:, start:stop] for f in flat])
         for c in range(1, k):
-            if method == "popcount":
-                # 0/1 uint8 or bool masks pack directly (packbits keeps nonzero as 1).
-                bits = np.packbits(block if binary else block == c, axis=1)
-                pad = (-bits.shape[1]) % 8
-                if pad:
-                    bits = np.pad(bits, ((0, 0), (0, pad)))
-                words = bits.view(np.uint64)
-                for i in range(n_masks):
-                    counts = np.bitwise_count(words[i] & words[i:]).sum(axis=1, dtype=np.int64)
-                    total[c - 1, i, i:] += counts
-            else:
-                x = (block == c).astype(np.float32)
-                # Exact: every entry of one chunk's product is an integer below 2**24.
-                total[c - 1] += (x @ x.T).round().astype(np.int64)
-    if method == "popcount":
-        upper = np.triu(total)
-        total = upper + np.transpose(np.triu(total, 1), (0, 2, 1))
+            x = (block == c).astype(np.float32)
+            # Exact: every entry of one chunk's product is an integer below 2**24.
+            total[c - 1] += (x @ x.T).round().astype(np.int64)
     return total
+
+
+def _pack(flat: list[np.ndarray], c: int, binary: bool) -> np.ndarray:
+    """Indicator masks of class ``c`` packed to 64-bit words ``(L, ceil(P / 64))``.
+
+    Packed in pixel chunks (multiples of 64) so that the boolean temporaries stay small; 0/1
+    uint8 or bool masks of a binary problem pack directly (packbits keeps nonzero as 1).
+    """
+    n_pix = flat[0].shape[1]
+    n_words = -(-n_pix // 64)
+    out = np.zeros((sum(len(f) for f in flat), n_words * 8), dtype=np.uint8)
+    step = 1 << 20  # pixels per packing chunk, a multiple of 64
+    row = 0
+    for f in flat:
+        direct = binary and f.dtype in (np.uint8, np.bool_)
+        for start in range(0, n_pix, step):
+            block = f[:, start : start + step]
+            bits = np.packbits(block if direct else block == c, axis=1)
+            out[row : row + len(f), start // 8 : start // 8 + bits.shape[1]] = bits
+        row += len(f)
+    return out.view(np.uint64)
+
+
+def _popcount_gram(words: np.ndarray, block: int = 4096, split: int | None = None) -> np.ndarray:
+    """``G[i, j] = popcount(words[i] & words[j])`` summed over words (int64), symmetric.
+
+    All pairs, or with ``split`` only the areas and the pairs ``i < split <= j``. Blocks of 4096
+    words (32 KiB per mask) keep the operands in cache; buffers are reused.
+    """
+    n, n_words = words.shape
+    gram = np.zeros((n, n), dtype=np.int64)
+    tmp = np.empty((n, min(block, n_words)), dtype=np.uint64)
+    cnt = np.empty(tmp.shape, dtype=np.uint8)
+    rows = range(n) if split is None else range(split)
+    for start in range(0, n_words, block):
+        w = words[:, start : start + block]
+        m = w.shape[1]
+        if split is not None:
+            c = cnt[:, :m]
+            np.bitwise_count(w, out=c)
+            gram[np.arange(n), np.arange(n)] += c.sum(axis=1, dtype=np.int64)
+        for i in rows:
+            lo = i if split is None else split
+            t, c = tmp[: n - lo, :m], cnt[: n - lo, :m]
+            np.bitwise_and(w[i], w[lo:], out=t)
+            np.bitwise_count(t, out=c)
+            gram[i, lo:] += c.sum(axis=1, dtype=np.int64)
+    return np.triu(gram) + np.triu(gram, 1).T
 
 
 def _iou_from_counts(inter: np.ndarray) -> np.ndarray:

@@ -46,7 +46,9 @@ def resolve_device(device: Any = "auto") -> Any:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda[:i]' or 'mps', got {device!r}") from exc
+        raise ValueError(
+            f"device: expected 'auto', 'cpu', 'cuda[:i]' or 'mps', got {device!r}"
+        ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: CUDA was asked for but is not available (use 'auto' or 'cpu')")
     if dev.type == "mps":
@@ -125,5 +127,5 @@ def bytes_per_sample(
 
 def auto_batch_size(n_samples: int, per_sample: float, budget: float) -> int:
     """Return the number of samples per batch that fits ``budget`` (at least 1, at most N)."""
-    fits = int(math.floor(budget / max(per_sample, 1.0)))
+    fits = math.floor(budget / max(per_sample, 1.0))
     return max(1, min(n_samples, fits, MAX_AUTO_BATCH))

@@ -69,7 +69,9 @@ def to_jsonable(value: Any) -> Any:
 
 
 def _dims(n_spatial: int) -> tuple[str, ...]:
-    return ("z", "y", "x")[-n_spatial:] if n_spatial <= 3 else tuple(f"d{i}" for i in range(n_spatial))
+    return (
+        ("z", "y", "x")[-n_spatial:] if n_spatial <= 3 else tuple(f"d{i}" for i in range(n_spatial))
+    )
 
 
 def _chunks(shape: tuple[int, ...], lead: int) -> tuple[int, ...]:
@@ -119,7 +121,9 @@ def save_result(
         raise ValueError(f"map_dtype: expected 'float32' or 'float16', got {map_dtype!r}")
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"out: {path} exists (pass overwrite=True / --overwrite to replace it)")
+        raise FileExistsError(
+            f"out: {path} exists (pass overwrite=True / --overwrite to replace it)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

@@ -160,6 +160,7 @@ def predict(
         scale=scale_t,
         scale_given=scale is not None,
         check_cancel=check_cancel,
+        has_cancel=cancel is not None,
         keep_samples=bool(keep_samples),
         slice_mode=slice_mode,
         budget=memory_budget_bytes,
@@ -279,6 +280,7 @@ def _run(
     scale: tuple[float, ...],
     scale_given: bool,
     check_cancel: Callable[[], None],
+    has_cancel: bool,
     keep_samples: bool,
     slice_mode: bool,
     budget: float | None,
@@ -299,7 +301,10 @@ def _run(
     deterministic = bool(getattr(method, "deterministic", False))
     n_total = 1 if deterministic else n_req
     if deterministic and n_req != 1:
-        warn(f"n_samples: {method.name} is deterministic; drew 1 sample instead of {n_req}", emit=False)
+        warn(
+            f"n_samples: {method.name} is deterministic; drew 1 sample instead of {n_req}",
+            emit=False,
+        )
     k = int(method.n_classes)
     spatial = tuple(arr.shape[1:])
     yield Progress("prepare", 0, n_total, 0, len(plan.windows), 0.0, "preparing the image")
@@ -325,7 +330,9 @@ def _run(
             k,
             int(np.prod(plan.patch_size)),
             int(np.prod(plan.padded_shape)),
-            activation_factor=float(getattr(method, "activation_factor", DEFAULT_ACTIVATION_FACTOR)),
+            activation_factor=float(
+                getattr(method, "activation_factor", DEFAULT_ACTIVATION_FACTOR)
+            ),
         )
         b = _balanced(auto_batch_size(n_total, per, budget or memory_budget(dev)), n_total)
     else:
@@ -341,50 +348,74 @@ def _run(
     n_windows = len(plan.windows)
     done = 0
     buffer = None
-    while done < n_total:
-        bj = min(b, n_total - done)
-        if buffer is None or buffer.shape[0] < bj:
-            buffer = torch.zeros((bj, k, *plan.padded_shape), dtype=torch.float32)
-        buf = buffer[:bj]
-        buf.zero_()
-        try:
-            yield from _run_batch(
-                method, x_full, plan, buf, bj, _batch_seed(seed, done), dev, check_cancel,
-                done=done, n_total=n_total,
+    hooks = _install_cancel_hooks(method, check_cancel) if has_cancel else []
+    try:
+        while done < n_total:
+            bj = min(b, n_total - done)
+            if buffer is None or buffer.shape[0] < bj:
+                buffer = torch.zeros((bj, k, *plan.padded_shape), dtype=torch.float32)
+            buf = buffer[:bj]
+            buf.zero_()
+            try:
+                yield from _run_batch(
+                    method,
+                    x_full,
+                    plan,
+                    buf,
+                    bj,
+                    _batch_seed(seed, done),
+                    dev,
+                    check_cancel,
+                    done=done,
+                    n_total=n_total,
+                )
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                del exc
+                release_cached_memory(dev)
+                if bj > 1:
+                    b = max(1, bj // 2)
+                    warn(f"out of memory on {dev} with {bj} samples per batch; retrying with {b}")
+                elif dev.type != "cpu":
+                    warn(
+                        f"out of memory on {dev} even with 1 sample per batch; falling back to the CPU"
+                    )
+                    dev = torch.device("cpu")
+                    method = method.to(dev)
+                    per = bytes_per_sample(
+                        k, int(np.prod(plan.patch_size)), int(np.prod(plan.padded_shape))
+                    )
+                    b = _balanced(
+                        auto_batch_size(n_total, per, budget or memory_budget(dev)), n_total
+                    )
+                else:
+                    raise MemoryError(
+                        "out of memory on the CPU even with 1 sample per batch; use a smaller patch "
+                        "size or a smaller image"
+                    ) from None
+                buffer = None
+                continue
+            if plan.tiled:
+                buf /= plan.weight_sum
+            probs = crop(buf, spatial).numpy()
+            acc.update(probs)
+            if samples is not None:
+                _argmax_into(probs, samples[done : done + bj])
+            done += bj
+            yield Progress(
+                "sample",
+                done,
+                n_total,
+                n_windows,
+                n_windows,
+                done / n_total,
+                f"samples {done} of {n_total}",
             )
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            del exc
-            release_cached_memory(dev)
-            if bj > 1:
-                b = max(1, bj // 2)
-                warn(f"out of memory on {dev} with {bj} samples per batch; retrying with {b}")
-            elif dev.type != "cpu":
-                warn(f"out of memory on {dev} even with 1 sample per batch; falling back to the CPU")
-                dev = torch.device("cpu")
-                method = method.to(dev)
-                per = bytes_per_sample(k, int(np.prod(plan.patch_size)), int(np.prod(plan.padded_shape)))
-                b = auto_batch_size(n_total, per, budget or memory_budget(dev))
-            else:
-                raise MemoryError(
-                    "out of memory on the CPU even with 1 sample per batch; use a smaller patch "
-                    "size or a smaller image"
-                ) from None
-            buffer = None
-            continue
-        if plan.tiled:
-            buf /= plan.weight_sum
-        probs = crop(buf, spatial).numpy()
-        acc.update(probs)
-        if samples is not None:
-            _argmax_into(probs, samples[done : done + bj])
-        done += bj
-        yield Progress(
-            "sample", done, n_total, n_windows, n_windows, done / n_total,
-            f"samples {done} of {n_total}",
-        )
-        check_cancel()
+            check_cancel()
+    finally:
+        for hook in hooks:
+            hook.remove()
     buffer = buf = None
     timings["sample"] = time.perf_counter() - t1
 
@@ -441,6 +472,23 @@ def _run(
         input_signature=signature,
         provenance=provenance,
     )
+
+
+def _install_cancel_hooks(method: Any, check_cancel: Callable[[], None]) -> list:
+    """Check ``cancel`` before every module of the method's network runs.
+
+    One forward of a large batch can take seconds on a CPU; forward pre-hooks make a cancel land
+    within one layer (a few ms) instead of at the end of the batch, without changing the batch
+    (which would change the samples). Methods without a ``network`` module get no hooks.
+    """
+    network = getattr(method, "network", None)
+    if network is None or not hasattr(network, "modules"):
+        return []
+
+    def hook(module: Any, args: Any) -> None:
+        check_cancel()
+
+    return [m.register_forward_pre_hook(hook) for m in network.modules()]
 
 
 def _argmax_into(probs: np.ndarray, out: np.ndarray) -> None:
@@ -504,7 +552,11 @@ def _run_batch(
         del out, probs, x
         if w_i + 1 < n_windows:
             yield Progress(
-                "sample", done, n_total, w_i + 1, n_windows,
+                "sample",
+                done,
+                n_total,
+                w_i + 1,
+                n_windows,
                 (done + bj * (w_i + 1) / n_windows) / n_total,
                 f"samples {done + 1}-{done + bj} of {n_total}: tile {w_i + 1}/{n_windows}",
             )

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 
-class Cancelled(Exception):  # noqa: N818 (the name the architecture pins)
+class Cancelled(Exception):
     """Raised by :func:`napari_probseg.engine.predict` when its ``cancel`` check fires.
 
     No partial result is produced.

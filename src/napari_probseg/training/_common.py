@@ -120,7 +120,7 @@ def train_network(
     batch: int,
     patch: tuple[int, ...],
     seed: int,
-    lr: float = 2e-3,
+    lr: float = 3e-3,
     log: Callable[[str], None] = print,
     label: str = "",
 ) -> dict[str, Any]:

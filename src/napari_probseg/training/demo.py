@@ -50,15 +50,15 @@ TTA = {"rot90": True, "intensity_scale": 0.1, "noise_std": 0.05}
 SPECS: list[dict[str, Any]] = [
     {"name": "lesions2d-unet", "ndim": 2, "wrapper": "plain", "extra": {},
      "methods": {"softmax": {}, "mc_dropout": {}, "tta": dict(TTA), "laplace": {}},
-     "default": "mc_dropout", "steps": 240},
+     "default": "mc_dropout", "steps": 400},
     {"name": "lesions2d-ensemble", "ndim": 2, "wrapper": "ensemble", "extra": {"members": 4},
      "methods": {"ensemble": {"selection": "cycle"}, "tta": dict(TTA)},
-     "default": "ensemble", "steps": 120},
+     "default": "ensemble", "steps": 150},
     {"name": "lesions2d-ssn", "ndim": 2, "wrapper": "ssn", "extra": {"rank": 10},
-     "methods": {"ssn": {}, "tta": dict(TTA)}, "default": "ssn", "steps": 240},
+     "methods": {"ssn": {}, "tta": dict(TTA)}, "default": "ssn", "steps": 400},
     {"name": "lesions2d-prob-unet", "ndim": 2, "wrapper": "prob_unet",
      "extra": {"latent_dim": 6, "encoder_channels": [8, 16, 32, 32]},
-     "methods": {"prob_unet": {}, "tta": dict(TTA)}, "default": "prob_unet", "steps": 240},
+     "methods": {"prob_unet": {}, "tta": dict(TTA)}, "default": "prob_unet", "steps": 400},
     {"name": "lesions3d-unet", "ndim": 3, "wrapper": "plain", "extra": {},
      "methods": {"softmax": {}, "mc_dropout": {}, "tta": dict(TTA)},
      "default": "mc_dropout", "steps": 150},
@@ -67,11 +67,11 @@ SPECS: list[dict[str, Any]] = [
 ]
 DROPOUT = 0.1
 DATA = {  # n_train, n_val, n_test, seeds, batch, patch
-    2: {"n": (64, 16, 24), "seeds": (1000, 2000, 3000), "batch": 8, "patch": (64, 64)},
-    3: {"n": (16, 4, 3), "seeds": (1100, 2100, 3100), "batch": 2, "patch": (32, 32, 32)},
+    2: {"n": (64, 12, 12), "seeds": (1000, 2000, 3000), "batch": 6, "patch": (48, 48)},
+    3: {"n": (16, 3, 2), "seeds": (1100, 2100, 3100), "batch": 2, "patch": (32, 32, 32)},
 }
 EVAL = {  # methods evaluated on the held-out set
-    "plain": ("softmax", "mc_dropout", "laplace", "tta"),
+    "plain": ("softmax", "mc_dropout", "laplace"),
     "ensemble": ("ensemble",),
     "ssn": ("ssn",),
     "prob_unet": ("prob_unet",),

@@ -1,0 +1,562 @@
+"""Qt-free logic of the annotation panel: edit sessions, blind mode, autosave, saving, agreement.
+
+Nothing here imports napari or Qt, so every rule the panel follows is tested without a viewer:
+
+- :class:`EditSession` is one rater's editing of one image: where the edit started (empty, the
+  raters' consensus, a hypothesis of a run, a stored version, a recovered draft), the tools used
+  (inferred from napari's Labels modes at each paint event), the time spent, and whether there is
+  unsaved work. It produces the keyword arguments of ``ProjectStore.save_annotation`` and the
+  ``extra`` of ``ProjectStore.save_draft`` (from which it is rebuilt after a crash).
+- Blind mode: a rater sees no other rater's labels of an image until they have saved their own
+  (:func:`can_see_others`, :func:`visible_raters`).
+- :class:`AutosavePolicy`: the interval and what an autosave tick should do.
+- :func:`save_or_keep`: a save that never loses work: if the commit fails, a draft is written;
+  if that fails too, the mask goes to a recovery ``.npy`` file outside the store.
+- :func:`agreement`: pairwise Dice matrix, majority vote, soft consensus and disagreement share.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_probseg.store import (
+    AnnotationVersion,
+    DraftInfo,
+    ProjectStore,
+    StoreError,
+    validate_identifier,
+)
+from napari_probseg.store._meta import utc_now
+
+#: napari Labels modes that change the data, and the tool name recorded for each.
+TOOL_FOR_MODE = {"paint": "brush", "erase": "eraser", "fill": "fill", "polygon": "polygon"}
+#: Where an edit can start from, and the tool recorded for that start (None: nothing to record).
+ORIGIN_TOOLS: dict[str, str | None] = {
+    "empty": None,
+    "consensus": "consensus",
+    "hypothesis": "accepted_hypothesis",
+    "version": None,
+    "draft": None,
+}
+#: Default autosave interval.
+DEFAULT_AUTOSAVE_S = 180.0
+_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def sanitize_identifier(name: str, *, fallback: str = "image") -> str:
+    """Turn a free-form name (a layer name) into a valid store identifier.
+
+    Runs of characters outside ``[A-Za-z0-9._-]`` become ``_``; leading ``.``/``-``/``_`` are
+    stripped; the result is cut to 64 characters. ``fallback`` is used if nothing valid remains.
+    """
+    text = _BAD_ID_CHARS.sub("_", str(name)).lstrip("._-")[:64].rstrip("_") or fallback
+    try:
+        return validate_identifier(text, "name")
+    except ValueError:  # e.g. a Windows device name
+        return validate_identifier(f"{text[:60]}_img", "name")
+
+
+def run_id_from_metadata(meta: Mapping[str, Any]) -> str | None:
+    """Identifier of the prediction run a review-panel layer came from, or None.
+
+    The review panel's layers carry ``metadata["probseg"]`` with the run's ``provenance`` (see
+    ``_layers._meta``). A stored run id (``run_id``) is used as is; otherwise one is derived from
+    the provenance: ``<method>-seed<seed>-<created, compact UTC>``, which names the run uniquely
+    in practice and is a valid identifier.
+    """
+    probseg = meta.get("probseg", meta) if isinstance(meta, Mapping) else {}
+    if not isinstance(probseg, Mapping):
+        return None
+    prov = probseg.get("provenance") or {}
+    for candidate in (probseg.get("run_id"), prov.get("run_id")):
+        if isinstance(candidate, str):
+            try:
+                return validate_identifier(candidate, "source_run")
+            except ValueError:
+                return sanitize_identifier(candidate, fallback="run")
+    method = probseg.get("method") or prov.get("method")
+    if not method:
+        return None
+    parts = [str(method)]
+    if prov.get("seed") is not None:
+        parts.append(f"seed{prov['seed']}")
+    created = str(prov.get("created") or "")
+    if created:
+        parts.append(re.sub(r"[^0-9]", "", created)[:20])
+    return sanitize_identifier("-".join(parts), fallback="run")
+
+
+def hypothesis_source(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Read what a "Use as annotation" layer was copied from (its ``metadata``).
+
+    Returns
+    -------
+    dict
+        ``source_run`` (str or None), ``source_sample`` (int or None: the sample index when the
+        layer is a copy of one sample), and ``extra``: the origin (``"consensus"``,
+        ``"hypothesis 2"``, ``"sample 5"``), method, N, seed, model card hash and the input
+        image signature, kept in the version record.
+    """
+    probseg = meta.get("probseg", {}) if isinstance(meta, Mapping) else {}
+    if not isinstance(probseg, Mapping):
+        probseg = {}
+    prov = probseg.get("provenance") or {}
+    kind, index = probseg.get("kind"), probseg.get("index")
+    sample = int(index) if kind == "sample" and isinstance(index, (int, np.integer)) else None
+    extra = {
+        "origin": probseg.get("origin"),
+        "kind": kind,
+        "index": None if index is None else int(index),
+        "method": probseg.get("method"),
+        "n_samples": probseg.get("n_samples"),
+        "seed": prov.get("seed"),
+        "card_sha256": prov.get("card_sha256"),
+        "input_signature": probseg.get("input_signature"),
+    }
+    return {
+        "source_run": run_id_from_metadata(meta),
+        "source_sample": sample,
+        "extra": {k: v for k, v in extra.items() if v is not None},
+    }
+
+
+def is_hypothesis_layer_metadata(meta: Mapping[str, Any]) -> bool:
+    """Whether a layer's metadata marks it as the review panel's "Use as annotation" layer."""
+    probseg = meta.get("probseg") if isinstance(meta, Mapping) else None
+    return isinstance(probseg, Mapping) and probseg.get("what") == "annotation"
+
+
+# --------------------------------------------------------------------------- edit session
+
+
+@dataclass
+class EditSession:
+    """One rater's editing of one image, from the start of editing to the last save.
+
+    Attributes
+    ----------
+    image_id, rater, role : str
+        Who edits what (validated).
+    origin : str
+        One of ``ORIGIN_TOOLS``: where the edit started.
+    parent_version : int or None
+        The rater's latest version when editing started (None: the rater had none); a save made
+        after another session of the same rater committed becomes a ``conflict`` version.
+    source_run, source_sample : optional
+        Prediction run and sample the edit started from.
+    tools : list of str
+        Tools used, in first-use order, without repeats.
+    started : str
+        UTC ISO time at which editing started.
+    carried_s : float
+        Editing time carried over from a recovered draft.
+    dirty : bool
+        Whether there are edits not yet in the store (neither committed nor drafted).
+    extra : dict
+        JSON-able record kept with every version (origin details).
+    """
+
+    image_id: str
+    rater: str
+    role: str
+    origin: str = "empty"
+    parent_version: int | None = None
+    source_run: str | None = None
+    source_sample: int | None = None
+    tools: list[str] = field(default_factory=list)
+    started: str = field(default_factory=utc_now)
+    carried_s: float = 0.0
+    dirty: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    _t0: float = field(default=-1.0, repr=False, compare=False)
+    _last_save_s: float = field(default=0.0, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        validate_identifier(self.image_id, "image_id")
+        validate_identifier(self.rater, "rater")
+        if self.origin not in ORIGIN_TOOLS:
+            raise ValueError(
+                f"origin: expected one of {', '.join(ORIGIN_TOOLS)}, got {self.origin!r}"
+            )
+        if self._t0 < 0:
+            self._t0 = self.clock()
+        tool = ORIGIN_TOOLS[self.origin]
+        if tool is not None:
+            self.add_tool(tool)
+
+    def add_tool(self, tool: str | None) -> None:
+        """Record that ``tool`` was used (ignored if None or already recorded)."""
+        if tool and tool not in self.tools:
+            self.tools.append(tool)
+
+    def record_paint(self, mode: str) -> None:
+        """A paint event happened while the layer was in napari Labels ``mode``."""
+        self.add_tool(TOOL_FOR_MODE.get(str(mode)))
+        self.dirty = True
+
+    def time_spent_s(self) -> float:
+        """Seconds since editing started (plus time carried over from a recovered draft)."""
+        return self.carried_s + max(0.0, self.clock() - self._t0)
+
+    def save_kwargs(self, note: str = "") -> dict[str, Any]:
+        """Keyword arguments of ``ProjectStore.save_annotation`` (besides image, rater, mask)."""
+        spent = self.time_spent_s()
+        return {
+            "role": self.role,
+            "tools": tuple(self.tools),
+            "time_spent_s": round(spent, 3),
+            "source_run": self.source_run,
+            "source_sample": self.source_sample,
+            "note": note,
+            "parent_version": self.parent_version,
+            "started": self.started,
+            "extra": {
+                "origin": self.origin,
+                "since_previous_save_s": round(spent - self._last_save_s, 3),
+                **self.extra,
+            },
+        }
+
+    def committed(self, version: AnnotationVersion) -> None:
+        """The edit was committed as ``version``: later saves continue from it."""
+        self.parent_version = version.version
+        self._last_save_s = self.time_spent_s()
+        self.dirty = False
+
+    def draft_extra(self, note: str = "") -> dict[str, Any]:
+        """Everything :meth:`from_draft` needs to resume this session after a crash."""
+        return {
+            "session": {
+                "role": self.role,
+                "origin": self.origin,
+                "parent_version": self.parent_version,
+                "source_run": self.source_run,
+                "source_sample": self.source_sample,
+                "tools": list(self.tools),
+                "started": self.started,
+                "time_spent_s": round(self.time_spent_s(), 3),
+                "note": note,
+                "extra": dict(self.extra),
+            }
+        }
+
+    @classmethod
+    def from_draft(
+        cls, draft: DraftInfo, *, role: str, clock: Callable[[], float] = time.monotonic
+    ) -> EditSession:
+        """Resume the session saved in a draft's ``extra`` (``role`` if the draft has none)."""
+        saved = draft.extra.get("session", {}) if isinstance(draft.extra, Mapping) else {}
+        sample = saved.get("source_sample")
+        session = cls(
+            image_id=draft.image_id,
+            rater=draft.rater,
+            role=saved.get("role") or role,
+            origin="draft",
+            parent_version=saved.get("parent_version", draft.based_on),
+            source_run=saved.get("source_run"),
+            source_sample=None if sample is None else int(sample),
+            started=saved.get("started") or draft.saved,
+            carried_s=float(saved.get("time_spent_s") or 0.0),
+            extra={**saved.get("extra", {}), "recovered_draft": draft.saved},
+            clock=clock,
+        )
+        for tool in saved.get("tools", []):
+            session.add_tool(tool)
+        session.extra.setdefault("draft_origin", saved.get("origin"))
+        return session
+
+
+# --------------------------------------------------------------------------- blind mode
+
+
+def can_see_others(*, blind: bool, own_versions: int) -> bool:
+    """Blind mode: a rater sees other raters' labels only once they have saved their own."""
+    return not blind or own_versions > 0
+
+
+def visible_raters(store: ProjectStore, image_id: str, rater: str, *, blind: bool) -> list[str]:
+    """Raters of ``image_id`` whose annotations ``rater`` may see (always including their own)."""
+    raters = store.raters(image_id)
+    own = len(store.history(image_id, rater)) if rater in raters else 0
+    if can_see_others(blind=blind, own_versions=own):
+        return raters
+    return [r for r in raters if r == rater]
+
+
+# --------------------------------------------------------------------------- autosave
+
+
+@dataclass
+class AutosavePolicy:
+    """Autosave bookkeeping: the interval, and whether a timer tick should write a draft.
+
+    A tick writes a draft only when there is an edit session with unsaved changes; the number of
+    drafts written and the time of the last one are kept for the panel's status line.
+    """
+
+    interval_s: float = DEFAULT_AUTOSAVE_S
+    enabled: bool = True
+    drafts_written: int = 0
+    last_draft: str | None = None
+
+    def __post_init__(self) -> None:
+        self.set_interval(self.interval_s)
+
+    def set_interval(self, seconds: float) -> None:
+        """Change the interval (seconds, > 0)."""
+        try:
+            value = float(seconds)
+        except (TypeError, ValueError):
+            raise ValueError(f"seconds: expected a number, got {seconds!r}") from None
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"seconds: expected a positive interval, got {seconds!r}")
+        self.interval_s = value
+
+    @property
+    def interval_ms(self) -> int:
+        """The interval in milliseconds (for ``QTimer``), at least 1."""
+        return max(1, round(self.interval_s * 1000))
+
+    def should_save(self, session: EditSession | None) -> bool:
+        """Whether a tick should write a draft now."""
+        return self.enabled and session is not None and session.dirty
+
+    def saved(self, draft: DraftInfo) -> None:
+        """Record a written draft."""
+        self.drafts_written += 1
+        self.last_draft = draft.saved
+
+
+# --------------------------------------------------------------------------- saving
+
+
+@dataclass
+class SaveOutcome:
+    """What a save did. Exactly one of ``version``, ``draft``, ``recovery_path`` is set unless
+    everything failed (then ``error`` says why and the layer is the only copy)."""
+
+    version: AnnotationVersion | None = None
+    draft: DraftInfo | None = None
+    recovery_path: Path | None = None
+    error: str | None = None
+
+    @property
+    def committed(self) -> bool:
+        """Whether a new version was committed."""
+        return self.version is not None
+
+
+def default_recovery_dir() -> Path:
+    """Folder for recovery files written when the store cannot be written at all."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "napari-probseg-recovery"
+
+
+def save_or_keep(
+    store: ProjectStore,
+    session: EditSession,
+    mask: Any,
+    *,
+    note: str = "",
+    recovery_dir: str | Path | None = None,
+) -> SaveOutcome:
+    """Commit ``mask`` as a new version of the session's rater, never losing the work.
+
+    If the commit fails (store error, file-system error, invalid data) the mask is written as the
+    rater's draft; if that fails too, it is written with ``numpy.save`` to
+    ``recovery_dir/<image>__<rater>__<time>.npy``.
+
+    Parameters
+    ----------
+    store : ProjectStore
+        Open read-write.
+    session : EditSession
+        The edit; marked committed (and clean) on success.
+    mask : ndarray, shape = the image's shape
+        The annotation.
+    note : str, keyword-only
+        Free text kept with the version.
+    recovery_dir : path, keyword-only
+        Last-resort folder (default :func:`default_recovery_dir`).
+
+    Returns
+    -------
+    SaveOutcome
+    """
+    arr = np.asarray(mask)
+    try:
+        version = store.save_annotation(
+            session.image_id, session.rater, arr, **session.save_kwargs(note)
+        )
+    except (StoreError, OSError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        session.committed(version)
+        return SaveOutcome(version=version)
+    try:
+        draft = store.save_draft(
+            session.image_id,
+            session.rater,
+            arr,
+            based_on=session.parent_version,
+            note=note,
+            extra=session.draft_extra(note),
+        )
+    except (StoreError, OSError, ValueError) as exc:
+        error += f"; draft failed too ({type(exc).__name__}: {exc})"
+    else:
+        session.dirty = False
+        return SaveOutcome(draft=draft, error=error)
+    try:
+        folder = Path(recovery_dir) if recovery_dir is not None else default_recovery_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        path = folder / f"{session.image_id}__{session.rater}__{stamp}.npy"
+        np.save(path, arr)
+    except OSError as exc:
+        return SaveOutcome(error=f"{error}; recovery file failed too ({exc})")
+    return SaveOutcome(recovery_path=path, error=error)
+
+
+def describe_version(v: AnnotationVersion) -> dict[str, str]:
+    """Display strings of a version record (rater, version, time, role, tools, note)."""
+    created = v.created.replace("T", " ")[:19]
+    flags = " (conflict)" if v.conflict else ""
+    return {
+        "rater": v.rater,
+        "version": f"v{v.version}{flags}",
+        "time": f"{created} UTC",
+        "role": v.role,
+        "tools": ", ".join(v.tools) or "-",
+        "source": (
+            f"{v.source_run}" + (f" #{v.source_sample}" if v.source_sample is not None else "")
+            if v.source_run
+            else "-"
+        ),
+        "note": v.note,
+    }
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Agreement between the raters of one image.
+
+    Attributes
+    ----------
+    raters : tuple of str
+        Rater order of the matrix.
+    dice : ndarray, shape (R, R)
+        Pairwise Dice, averaged over the foreground classes present in either mask of the pair;
+        1 for two empty masks (diagonal 1).
+    majority : ndarray, shape (*spatial)
+        Per-voxel majority label (ties go to the lowest label, i.e. background).
+    soft : ndarray of float32, shape (*spatial)
+        Share of raters marking the voxel as foreground (mean of the raters' foreground masks).
+    disagreement : float
+        Share of all voxels where the raters do not all give the same label.
+    disagreement_foreground : float
+        The same among voxels that at least one rater marked (NaN if none did).
+    """
+
+    raters: tuple[str, ...]
+    dice: np.ndarray
+    majority: np.ndarray
+    soft: np.ndarray
+    disagreement: float
+    disagreement_foreground: float
+
+    @property
+    def mean_pairwise_dice(self) -> float:
+        """Mean Dice over pairs of distinct raters (NaN with fewer than two)."""
+        r = len(self.raters)
+        if r < 2:
+            return float("nan")
+        return float(self.dice[np.triu_indices(r, k=1)].mean())
+
+
+def dice_matrix(masks: Any) -> np.ndarray:
+    """Pairwise Dice between label masks, per foreground class then averaged.
+
+    Parameters
+    ----------
+    masks : ndarray, shape (R, *spatial)
+        Integer label masks, 0 = background.
+
+    Returns
+    -------
+    ndarray of float64, shape (R, R)
+        ``D[i, j]`` = mean over the foreground classes present in mask ``i`` or ``j`` of that
+        class's Dice ``2|A∩B| / (|A| + |B|)``; 1 when neither mask has foreground (the
+        convention of ``core.structure.pairwise_dice``). Computed from
+        ``core.structure.iou_matrix`` of each class's binary masks (one matrix product each) with
+        ``Dice = 2 IoU / (1 + IoU)``, exact for binary masks.
+    """
+    from napari_probseg.core._validation import check_masks
+    from napari_probseg.core.structure import iou_matrix
+
+    arr = check_masks(masks, "masks")
+    r = arr.shape[0]
+    flat = arr.reshape(r, -1)
+    classes = [int(c) for c in np.unique(flat) if c > 0]
+    total = np.zeros((r, r))
+    count = np.zeros((r, r))
+    for c in classes:
+        binary = (flat == c).astype(np.uint8)
+        iou = iou_matrix(binary)
+        has = binary.any(axis=1)
+        present = has[:, None] | has[None, :]
+        total += np.where(present, 2 * iou / (1 + iou), 0.0)
+        count += present
+    return np.where(count > 0, total / np.maximum(count, 1), 1.0)
+
+
+def agreement(masks: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> Agreement:
+    """Agreement of the raters' masks of one image.
+
+    Parameters
+    ----------
+    masks : mapping of rater to ndarray, each shape (*spatial)
+        At least one mask; all the same shape.
+
+    Returns
+    -------
+    Agreement
+    """
+    from napari_probseg.core.structure import consensus
+
+    items = list(masks.items()) if isinstance(masks, Mapping) else list(masks)
+    if not items:
+        raise ValueError("masks: expected at least one rater's mask")
+    shapes = {np.shape(m) for _, m in items}
+    if len(shapes) != 1:
+        raise ValueError(f"masks: raters' masks differ in shape: {sorted(shapes)}")
+    stack = np.stack([np.asarray(m) for _, m in items])
+    differ = (stack != stack[:1]).any(axis=0)
+    anyfg = (stack > 0).any(axis=0)
+    n_fg = int(anyfg.sum())
+    return Agreement(
+        raters=tuple(str(r) for r, _ in items),
+        dice=dice_matrix(stack),
+        majority=np.asarray(consensus(stack)),
+        soft=(stack > 0).mean(axis=0, dtype=np.float64).astype(np.float32),
+        disagreement=float(differ.mean()) if differ.size else 0.0,
+        disagreement_foreground=float(differ[anyfg].sum() / n_fg) if n_fg else float("nan"),
+    )
+
+
+def latest_masks(store: ProjectStore, image_id: str, raters: Sequence[str]) -> dict[str, Any]:
+    """Latest committed mask of each rater (in the given order)."""
+    return {r: store.latest(image_id, r)[0] for r in raters}

@@ -1,0 +1,823 @@
+"""Annotation panel: multi-rater annotation in a project store (open/create, add image, rater,
+blind mode, edit from empty / consensus / hypothesis, save with provenance, autosave drafts and
+recovery, version browser, agreement between raters).
+
+A thin widget over :mod:`._annotation_model` (the rules, Qt-free) and the store. Every store error
+becomes a napari notification, never a traceback dialog, and work is never dropped: a failed save
+keeps the layer and writes a draft (or a recovery file when the store cannot be written at all).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_probseg._napari._annotation_model import (
+    AutosavePolicy,
+    EditSession,
+    SaveOutcome,
+    agreement,
+    can_see_others,
+    describe_version,
+    hypothesis_source,
+    is_hypothesis_layer_metadata,
+    latest_masks,
+    sanitize_identifier,
+    save_or_keep,
+    visible_raters,
+)
+from napari_probseg._napari._layers import SEP
+from napari_probseg._napari._store_reader import image_layer_data, rater_layer_data
+from napari_probseg.store import (
+    ROLES,
+    InvalidIdentifierError,
+    ProjectStore,
+    StoreCorruptionError,
+    StoreError,
+    StoreVersionError,
+    validate_identifier,
+)
+
+T = TypeVar("T")
+_TREE_COLUMNS = ("rater / version", "time (UTC)", "role", "tools", "source", "note")
+#: Layers that show other raters' work (removed in blind mode).
+_REVEALING = ("store-annotation", "store-agreement")
+
+
+def _notify_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T | None]]:
+    """Turn store, file-system and argument errors of a panel action into error notifications."""
+
+    def wrap(fn: Callable[..., T]) -> Callable[..., T | None]:
+        @functools.wraps(fn)
+        def inner(self: Any, *args: Any, **kwargs: Any) -> T | None:
+            try:
+                return fn(self, *args, **kwargs)
+            except InvalidIdentifierError as exc:
+                show_error(f"probseg: {exc}")
+            except StoreVersionError as exc:
+                show_error(f"probseg: {exc}")
+            except StoreCorruptionError as exc:
+                show_error(
+                    f"probseg: {action}: the store is damaged ({exc}); "
+                    "run `probseg store verify` on it"
+                )
+            except (StoreError, OSError, ValueError) as exc:
+                show_error(f"probseg: {action} failed: {exc}")
+            return None
+
+        return inner
+
+    return wrap
+
+
+class AnnotationWidget(QWidget):
+    """Dock widget to annotate images of a multi-rater project store.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (injected by napari).
+    recovery_dir : path, optional
+        Where a mask goes if neither a version nor a draft can be written to the store.
+    """
+
+    def __init__(self, napari_viewer: Any, *, recovery_dir: str | Path | None = None) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.store: ProjectStore | None = None
+        self.image_id: str | None = None
+        self.rater: str | None = None
+        self.role: str = "expert"
+        self.session: EditSession | None = None
+        self.edit_layer: Any = None
+        self.recovery_dir = recovery_dir
+        self.last_outcome: SaveOutcome | None = None
+        self.last_agreement: Any = None
+        self.draft_available = False
+        self.policy = AutosavePolicy()
+        self.timer = QTimer(self)
+        self.timer.setInterval(self.policy.interval_ms)
+        self.timer.timeout.connect(self.autosave)
+        self._build_ui()
+        self.viewer.layers.events.inserted.connect(self._refresh_sources)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self._refresh_sources()
+        self._update_state()
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("project.zarr (opened, or created if new)")
+        self.browse_button = QPushButton("Browse…")
+        self.open_button = QPushButton("Open / create")
+        self.store_label = QLabel("No store open.")
+        self.store_label.setWordWrap(True)
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("Image of the store to annotate")
+        self.id_edit = QLineEdit()
+        self.id_edit.setPlaceholderText("image id (default: the layer name)")
+        self.add_button = QPushButton("Add current image layer")
+        self.rater_combo = QComboBox()
+        self.rater_combo.setEditable(True)
+        self.rater_combo.setToolTip("Your rater id (letters, digits, '.', '_', '-')")
+        self.role_combo = QComboBox()
+        self.role_combo.addItems(list(ROLES))
+        self.blind_check = QCheckBox("blind: hide other raters until I have saved")
+        self.blind_check.setChecked(True)
+        self.rater_button = QPushButton("Sign in")
+        self.start_combo = QComboBox()
+        self.start_button = QPushButton("Start editing")
+        self.draft_label = QLabel("")
+        self.draft_label.setWordWrap(True)
+        self.recover_button = QPushButton("Recover draft")
+        self.discard_button = QPushButton("Discard draft")
+        self.tools_label = QLabel("")
+        self.note_edit = QLineEdit()
+        self.note_edit.setPlaceholderText("note (optional)")
+        self.save_button = QPushButton("Save version")
+        self.autosave_check = QCheckBox("autosave every")
+        self.autosave_check.setChecked(True)
+        self.autosave_spin = QDoubleSpinBox()
+        self.autosave_spin.setRange(0.1, 120.0)
+        self.autosave_spin.setSuffix(" min")
+        self.autosave_spin.setValue(self.policy.interval_s / 60)
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(list(_TREE_COLUMNS))
+        self.tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.load_button = QPushButton("Load selected as layer")
+        self.show_button = QPushButton("Show raters' latest")
+        self.agree_button = QPushButton("Compute agreement")
+        self.dice_table = QTableWidget(0, 0)
+        self.dice_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.dice_table.setToolTip("Pairwise Dice between the raters' latest versions")
+        self.agree_label = QLabel("")
+        self.agree_label.setWordWrap(True)
+
+        store_box = QGroupBox("Project store")
+        sl = QVBoxLayout(store_box)
+        row = QHBoxLayout()
+        row.addWidget(self.path_edit, 1)
+        row.addWidget(self.browse_button)
+        sl.addLayout(row)
+        sl.addWidget(self.open_button)
+        sl.addWidget(self.store_label)
+        image_box = QGroupBox("Image")
+        il = QFormLayout(image_box)
+        il.addRow("image", self.image_combo)
+        il.addRow(self.id_edit, self.add_button)
+        rater_box = QGroupBox("Rater")
+        rl = QFormLayout(rater_box)
+        rl.addRow("rater", self.rater_combo)
+        rl.addRow("role", self.role_combo)
+        rl.addRow(self.blind_check)
+        rl.addRow(self.rater_button)
+        edit_box = QGroupBox("Edit")
+        el = QFormLayout(edit_box)
+        el.addRow("start from", self.start_combo)
+        el.addRow(self.start_button)
+        drafts = QHBoxLayout()
+        drafts.addWidget(self.recover_button)
+        drafts.addWidget(self.discard_button)
+        el.addRow(self.draft_label)
+        el.addRow(drafts)
+        el.addRow("tools used", self.tools_label)
+        el.addRow("note", self.note_edit)
+        auto = QHBoxLayout()
+        auto.addWidget(self.autosave_check)
+        auto.addWidget(self.autosave_spin)
+        el.addRow(auto)
+        el.addRow(self.save_button)
+        versions_box = QGroupBox("Versions")
+        vl = QVBoxLayout(versions_box)
+        vl.addWidget(self.tree)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.load_button)
+        buttons.addWidget(self.show_button)
+        vl.addLayout(buttons)
+        agree_box = QGroupBox("Agreement between raters")
+        al = QVBoxLayout(agree_box)
+        al.addWidget(self.agree_button)
+        al.addWidget(self.dice_table)
+        al.addWidget(self.agree_label)
+        layout = QVBoxLayout(self)
+        for box in (store_box, image_box, rater_box, edit_box, versions_box, agree_box):
+            layout.addWidget(box)
+        layout.addStretch(1)
+
+        self.browse_button.clicked.connect(self._browse)
+        self.open_button.clicked.connect(lambda: self.open_store(self.path_edit.text()))
+        self.image_combo.activated.connect(
+            lambda _: self.select_image(self.image_combo.currentText())
+        )
+        self.add_button.clicked.connect(lambda: self.add_image_layer())
+        self.rater_button.clicked.connect(
+            lambda: self.set_rater(self.rater_combo.currentText(), self.role_combo.currentText())
+        )
+        self.blind_check.toggled.connect(lambda _: self._after_identity_change())
+        self.start_button.clicked.connect(
+            lambda: self.start_editing(*(self.start_combo.currentData() or ("empty", None)))
+        )
+        self.recover_button.clicked.connect(lambda: self.recover_draft())
+        self.discard_button.clicked.connect(lambda: self.discard_draft())
+        self.save_button.clicked.connect(lambda: self.save())
+        self.autosave_check.toggled.connect(self._on_autosave_toggled)
+        self.autosave_spin.valueChanged.connect(lambda v: self.set_autosave_interval(60 * v))
+        self.load_button.clicked.connect(lambda: self.load_selected())
+        self.tree.itemDoubleClicked.connect(lambda *_: self.load_selected())
+        self.show_button.clicked.connect(lambda: self.show_raters())
+        self.agree_button.clicked.connect(lambda: self.compute_agreement())
+
+    def _browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Project store (a new or existing folder)")
+        if path:
+            self.path_edit.setText(path)
+            self.open_store(path)
+
+    @property
+    def blind(self) -> bool:
+        """Whether blind mode is on."""
+        return self.blind_check.isChecked()
+
+    def _update_state(self) -> None:
+        has_store = self.store is not None
+        ready = has_store and self.image_id is not None and self.rater is not None
+        self.add_button.setEnabled(has_store)
+        self.start_button.setEnabled(bool(ready))
+        self.save_button.setEnabled(self.session is not None)
+        self.agree_button.setEnabled(bool(ready))
+        tools = ", ".join(self.session.tools) if self.session else ""
+        self.tools_label.setText(tools or "-")
+
+    # ------------------------------------------------------------------ store and image
+    @_notify_errors("opening the store")
+    def open_store(self, path: str | Path) -> ProjectStore | None:
+        """Open the project store at ``path``, creating it if the folder is new or empty."""
+        text = str(path).strip()
+        if not text:
+            raise ValueError("path: choose a folder for the project store")
+        self._end_session()
+        target = Path(text).expanduser()
+        if (target / "zarr.json").exists():
+            store = ProjectStore.open(target)
+            verb = "opened"
+        else:
+            store = ProjectStore.create(target)
+            verb = "created"
+        self.store, self.image_id = store, None
+        self.path_edit.setText(str(target))
+        self._refresh_images()
+        n = len(store.image_ids())
+        self.store_label.setText(f"{verb} {html.escape(str(target))}: {n} image(s)")
+        show_info(f"probseg: {verb} project store {target} ({n} images)")
+        if n:
+            self.select_image(store.image_ids()[0])
+        self._update_state()
+        return store
+
+    def _refresh_images(self) -> None:
+        self.image_combo.clear()
+        if self.store is not None:
+            self.image_combo.addItems(self.store.image_ids())
+            if self.image_id:
+                self.image_combo.setCurrentText(self.image_id)
+
+    def _require_store(self) -> ProjectStore:
+        if self.store is None:
+            raise ValueError("store: open or create a project store first")
+        return self.store
+
+    @_notify_errors("adding the image")
+    def add_image_layer(self, layer: Any = None, image_id: str | None = None) -> str | None:
+        """Add an image layer (default: the selected or first image layer) to the store."""
+        from napari.layers import Image
+
+        store = self._require_store()
+        if layer is None:
+            active = self.viewer.layers.selection.active
+            images = [lay for lay in self.viewer.layers if isinstance(lay, Image)]
+            layer = active if isinstance(active, Image) else (images[0] if images else None)
+        if layer is None:
+            raise ValueError("layer: no image layer in the viewer")
+        if getattr(layer, "rgb", False) or getattr(layer, "multiscale", False):
+            raise ValueError(f"layer: {layer.name!r} is RGB or multiscale; add a 2D/3D grey image")
+        text = image_id if image_id is not None else self.id_edit.text().strip()
+        image_id = (
+            validate_identifier(text, "image_id") if text else sanitize_identifier(layer.name)
+        )
+        data = np.asarray(layer.data)
+        if data.ndim not in (2, 3):
+            raise ValueError(f"layer: expected a 2D or 3D image, got {data.ndim} dimensions")
+        scale = tuple(float(s) for s in layer.scale[-data.ndim :])
+        store.add_image(data, image_id=image_id, scale=scale, metadata={"layer": str(layer.name)})
+        layer.metadata.setdefault("probseg", {}).update(
+            what="store-image", store=str(store.path), image_id=image_id
+        )
+        show_info(f"probseg: added {layer.name!r} to the store as {image_id!r}")
+        self._refresh_images()
+        self.select_image(image_id)
+        return image_id
+
+    def _image_layer(self, image_id: str) -> Any:
+        for layer in self.viewer.layers:
+            meta = layer.metadata.get("probseg", {})
+            if meta.get("what") == "store-image" and meta.get("image_id") == image_id:
+                return layer
+        return None
+
+    @_notify_errors("opening the image")
+    def select_image(self, image_id: str) -> bool:
+        """Make ``image_id`` the current image (shown in the viewer if it is not yet)."""
+        store = self._require_store()
+        store.image_info(validate_identifier(image_id, "image_id"))
+        if image_id != self.image_id:
+            self._end_session()
+        self.image_id = image_id
+        self.image_combo.setCurrentText(image_id)
+        if self._image_layer(image_id) is None:
+            self._add_layer(image_layer_data(store, image_id))
+        self._after_identity_change()
+        return True
+
+    # ------------------------------------------------------------------ rater and blind mode
+    @_notify_errors("choosing the rater")
+    def set_rater(self, rater: str, role: str | None = None) -> bool:
+        """Sign in as ``rater`` (a validated id) with ``role`` (expert/resident/trainee/other)."""
+        rater = validate_identifier(str(rater).strip(), "rater")
+        role = role or self.role_combo.currentText()
+        if role not in ROLES:
+            raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
+        if rater != self.rater:
+            self._end_session()
+        self.rater, self.role = rater, role
+        self.role_combo.setCurrentText(role)
+        if self.rater_combo.findText(rater) < 0:
+            self.rater_combo.addItem(rater)
+        self.rater_combo.setCurrentText(rater)
+        self._after_identity_change()
+        return True
+
+    def _own_versions(self) -> int:
+        if self.store is None or self.image_id is None or self.rater is None:
+            return 0
+        return len(self.store.history(self.image_id, self.rater))
+
+    def may_see_others(self) -> bool:
+        """Whether the current rater may see other raters' work on the current image."""
+        return can_see_others(blind=self.blind, own_versions=self._own_versions())
+
+    def _after_identity_change(self) -> None:
+        if self.store is None or self.image_id is None:
+            self._update_state()
+            return
+        try:
+            raters = self.store.raters(self.image_id)
+            for r in raters:
+                if self.rater_combo.findText(r) < 0:
+                    self.rater_combo.addItem(r)
+            self._apply_blind()
+            self.refresh_versions()
+            self._check_draft()
+        except StoreError as exc:
+            show_error(f"probseg: reading {self.image_id!r} failed: {exc}")
+        self._refresh_sources()
+        self._update_state()
+
+    def _apply_blind(self) -> None:
+        """Remove layers showing other raters' work of this image while the rater is blind."""
+        if self.may_see_others():
+            return
+        for layer in list(self.viewer.layers):
+            meta = layer.metadata.get("probseg", {})
+            if meta.get("image_id") != self.image_id or meta.get("rater") == self.rater:
+                continue
+            if meta.get("what") in _REVEALING:
+                self.viewer.layers.remove(layer)
+            elif meta.get("what") == "store-edit" and layer is not self.edit_layer:
+                layer.visible = False  # another rater's unsaved work: hidden, never dropped
+        self.dice_table.setRowCount(0)
+        self.dice_table.setColumnCount(0)
+        self.agree_label.setText("")
+
+    # ------------------------------------------------------------------ editing
+    def _refresh_sources(self, *_: Any) -> None:
+        current = self.start_combo.currentData()
+        self.start_combo.clear()
+        self.start_combo.addItem("empty", ("empty", None))
+        self.start_combo.addItem("consensus of saved raters", ("consensus", None))
+        self.start_combo.addItem("my latest version", ("version", None))
+        for layer in self.viewer.layers:
+            if is_hypothesis_layer_metadata(layer.metadata):
+                origin = layer.metadata["probseg"].get("origin", "hypothesis")
+                self.start_combo.addItem(f"{layer.name} ({origin})", ("hypothesis", layer.name))
+        index = self.start_combo.findData(current) if current else -1
+        self.start_combo.setCurrentIndex(max(index, 0))
+
+    def _check_draft(self) -> None:
+        store, has = self.store, False
+        if store is not None and self.image_id and self.rater:
+            has = self.rater in store.draft_raters(self.image_id)
+        self.draft_available = has and self.session is None
+        self.draft_label.setText(
+            "An autosaved draft of your unsaved work exists: recover it, or discard it."
+            if self.draft_available
+            else ""
+        )
+        self.recover_button.setVisible(self.draft_available)
+        self.discard_button.setVisible(self.draft_available)
+        if self.draft_available:
+            show_info(
+                f"probseg: {self.rater} has an autosaved draft of {self.image_id!r} "
+                "(unsaved work from an earlier session): use 'Recover draft' or 'Discard draft'."
+            )
+
+    def _require_identity(self) -> tuple[ProjectStore, str, str]:
+        store = self._require_store()
+        if self.image_id is None:
+            raise ValueError("image: choose or add an image first")
+        if self.rater is None:
+            raise ValueError("rater: sign in with a rater id first")
+        return store, self.image_id, self.rater
+
+    @_notify_errors("starting the edit")
+    def start_editing(self, origin: str = "empty", source: Any = None) -> Any:
+        """Start editing a Labels layer: ``origin`` is ``"empty"``, ``"consensus"``,
+        ``"version"`` (my latest) or ``"hypothesis"`` (``source``: the review panel's
+        "Use as annotation" layer or its name; default the newest such layer)."""
+        store, image_id, rater = self._require_identity()
+        if self.session is not None and self.session.dirty:
+            raise ValueError("edit: save the current edit first (or remove its layer)")
+        if rater in store.draft_raters(image_id):
+            raise ValueError(
+                "draft: you have an autosaved draft of this image (unsaved work): "
+                "save or recover it, or discard it first"
+            )
+        info = store.image_info(image_id)
+        shape = tuple(info["shape"])
+        versions = store.history(image_id, rater)
+        parent = versions[-1].version if versions else None
+        kwargs: dict[str, Any] = {}
+        layer = None
+        if origin == "empty":
+            data = np.zeros(shape, np.uint8)
+        elif origin == "version":
+            if parent is None:
+                raise ValueError("origin: you have no saved version of this image yet")
+            data = store.latest(image_id, rater)[0]
+        elif origin == "consensus":
+            if not self.may_see_others():
+                raise ValueError(
+                    "origin: blind mode: the consensus shows other raters' work; "
+                    "save your own annotation first"
+                )
+            raters = store.raters(image_id)
+            if not raters:
+                raise ValueError("origin: no rater has saved an annotation of this image yet")
+            data = agreement(latest_masks(store, image_id, raters)).majority
+            kwargs["extra"] = {"consensus_of": raters}
+        elif origin == "hypothesis":
+            layer = self._hypothesis_layer(source)
+            if tuple(np.shape(layer.data)) != shape:
+                raise ValueError(
+                    f"source: layer {layer.name!r} has shape {np.shape(layer.data)}, "
+                    f"the image {image_id!r} has {shape}"
+                )
+            src = hypothesis_source(layer.metadata)
+            kwargs = {
+                "source_run": src["source_run"],
+                "source_sample": src["source_sample"],
+                "extra": {**src["extra"], "layer": layer.name},
+            }
+            data = None
+        else:
+            raise ValueError(
+                f"origin: expected empty, consensus, version or hypothesis, got {origin!r}"
+            )
+        self._end_session()
+        session = EditSession(
+            image_id=image_id,
+            rater=rater,
+            role=self.role,
+            origin=origin,
+            parent_version=parent,
+            **kwargs,
+        )
+        if layer is None:
+            layer = self._new_edit_layer(data, info["scale"])
+        self._begin(session, layer)
+        show_info(f"probseg: editing {image_id!r} as {rater} (from {origin}); save when done.")
+        return layer
+
+    def _hypothesis_layer(self, source: Any) -> Any:
+        if source is not None and not isinstance(source, str):
+            return source
+        for layer in reversed(list(self.viewer.layers)):
+            if is_hypothesis_layer_metadata(layer.metadata) and source in (None, layer.name):
+                return layer
+        raise ValueError("source: no 'Use as annotation' layer of the review panel in the viewer")
+
+    def _new_edit_layer(self, data: np.ndarray, scale: tuple[float, ...]) -> Any:
+        from napari.layers import Labels
+
+        arr = np.array(data, dtype=data.dtype if data.dtype.itemsize > 1 else np.uint8, copy=True)
+        meta = {
+            "probseg": {
+                "what": "store-edit",
+                "store": str(self.store.path),
+                "image_id": self.image_id,
+                "rater": self.rater,
+            }
+        }
+        layer = Labels(
+            arr, name=f"{self.image_id}{SEP}{self.rater} (editing)", scale=scale, metadata=meta
+        )
+        self.viewer.layers.append(layer)
+        return layer
+
+    def _begin(self, session: EditSession, layer: Any) -> None:
+        self.session, self.edit_layer = session, layer
+        layer.events.paint.connect(self._on_paint)
+        layer.events.data.connect(self._on_data)
+        self.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        self.timer.setInterval(self.policy.interval_ms)
+        if self.policy.enabled:
+            self.timer.start()
+        self._check_draft()
+        self._update_state()
+
+    def _end_session(self) -> None:
+        """Stop editing; unsaved changes are first written as a draft (never dropped)."""
+        if self.session is not None and self.session.dirty:
+            self.autosave()
+        if self.edit_layer is not None:
+            self.edit_layer.events.paint.disconnect(self._on_paint)
+            self.edit_layer.events.data.disconnect(self._on_data)
+        self.session, self.edit_layer = None, None
+        self.timer.stop()
+
+    def _on_paint(self, event: Any = None) -> None:
+        if self.session is not None and self.edit_layer is not None:
+            self.session.record_paint(self.edit_layer.mode)
+            self._update_state()
+
+    def _on_data(self, event: Any = None) -> None:
+        if self.session is not None:
+            self.session.dirty = True
+
+    def _on_layer_removed(self, event: Any) -> None:
+        if event.value is self.edit_layer and self.session is not None:
+            if self.session.dirty:
+                self.autosave(layer=event.value)
+                show_warning("probseg: the edited layer was removed; its work is kept as a draft")
+            self._end_session()
+            self._check_draft()
+        self._refresh_sources()
+        self._update_state()
+
+    # ------------------------------------------------------------------ saving
+    @_notify_errors("saving")
+    def save(self, note: str | None = None) -> SaveOutcome | None:
+        """Commit the edited layer as a new version of the rater's annotation.
+
+        If the commit fails the layer stays, and the work is written as a draft (or, if the
+        store cannot be written at all, to a recovery file); a notification says where.
+        """
+        store, _, _ = self._require_identity()
+        if self.session is None or self.edit_layer is None:
+            raise ValueError("edit: start editing first")
+        note = self.note_edit.text() if note is None else note
+        outcome = save_or_keep(
+            store, self.session, self.edit_layer.data, note=note, recovery_dir=self.recovery_dir
+        )
+        self.last_outcome = outcome
+        if outcome.committed:
+            v = outcome.version
+            flag = " (saved as a conflict: another session saved first)" if v.conflict else ""
+            show_info(
+                f"probseg: saved {v.image_id!r} as {v.rater} version {v.version}{flag}; "
+                f"{v.chunks_written} chunk(s) written"
+            )
+            self.note_edit.clear()
+            was_blind = self.blind and v.version == 1
+            self._after_identity_change()
+            if was_blind and len(store.raters(v.image_id)) > 1:
+                show_info("probseg: other raters' annotations of this image are now available.")
+        elif outcome.draft is not None:
+            show_error(
+                f"probseg: saving failed ({outcome.error}); your work is kept in the layer "
+                "and as an autosaved draft"
+            )
+        elif outcome.recovery_path is not None:
+            show_error(
+                f"probseg: saving failed ({outcome.error}); your work is kept in the layer and in "
+                f"{outcome.recovery_path}"
+            )
+        else:
+            show_error(f"probseg: saving failed ({outcome.error}); keep the layer open")
+        self._update_state()
+        return outcome
+
+    def set_autosave_interval(self, seconds: float) -> None:
+        """Set the autosave interval in seconds."""
+        self.policy.set_interval(seconds)
+        self.timer.setInterval(self.policy.interval_ms)
+
+    def _on_autosave_toggled(self, on: bool) -> None:
+        self.policy.enabled = bool(on)
+        if on and self.session is not None:
+            self.timer.start()
+        else:
+            self.timer.stop()
+
+    def autosave(self, layer: Any = None) -> Any:
+        """Write the edited layer as the rater's draft if it has unsaved changes."""
+        layer = layer if layer is not None else self.edit_layer
+        if self.store is None or layer is None or not self.policy.should_save(self.session):
+            return None
+        session = self.session
+        try:
+            draft = self.store.save_draft(
+                session.image_id,
+                session.rater,
+                np.asarray(layer.data),
+                based_on=session.parent_version,
+                note=self.note_edit.text(),
+                extra=session.draft_extra(self.note_edit.text()),
+            )
+        except (StoreError, OSError, ValueError) as exc:
+            show_warning(f"probseg: autosave failed ({exc}); keep the layer open and save")
+            return None
+        session.dirty = False
+        self.policy.saved(draft)
+        return draft
+
+    @_notify_errors("recovering the draft")
+    def recover_draft(self) -> Any:
+        """Reopen the rater's autosaved draft of the current image as the edited layer."""
+        store, image_id, rater = self._require_identity()
+        if self.session is not None:
+            raise ValueError("draft: you are editing this image; save the current edit first")
+        found = store.load_draft(image_id, rater)
+        if found is None:
+            raise ValueError("draft: there is no draft to recover")
+        mask, draft = found
+        self._end_session()
+        session = EditSession.from_draft(draft, role=self.role)
+        layer = self._new_edit_layer(mask, store.image_info(image_id)["scale"])
+        session.dirty = False  # identical to the stored draft
+        self._begin(session, layer)
+        show_info(f"probseg: recovered the draft saved {draft.saved} ({', '.join(session.tools)})")
+        return layer
+
+    @_notify_errors("discarding the draft")
+    def discard_draft(self) -> bool:
+        """Delete the rater's autosaved draft of the current image."""
+        store, image_id, rater = self._require_identity()
+        done = store.discard_draft(image_id, rater)
+        self._check_draft()
+        return done
+
+    # ------------------------------------------------------------------ versions
+    def refresh_versions(self) -> None:
+        """Fill the version tree with the raters the current rater may see."""
+        self.tree.clear()
+        if self.store is None or self.image_id is None:
+            return
+        raters = (
+            visible_raters(self.store, self.image_id, self.rater, blind=self.blind)
+            if self.rater
+            else ([] if self.blind else self.store.raters(self.image_id))
+        )
+        for rater in raters:
+            history = self.store.history(self.image_id, rater)
+            top = QTreeWidgetItem([rater, "", history[-1].role if history else "", "", "", ""])
+            top.setData(0, Qt.ItemDataRole.UserRole, (rater, None))
+            for v in history:
+                d = describe_version(v)
+                child = QTreeWidgetItem(
+                    [d["version"], d["time"], d["role"], d["tools"], d["source"], d["note"]]
+                )
+                child.setData(0, Qt.ItemDataRole.UserRole, (rater, v.version))
+                top.addChild(child)
+            self.tree.addTopLevelItem(top)
+            top.setExpanded(True)
+
+    def load_selected(self) -> Any:
+        """Load the version selected in the tree (a rater row: the latest) as a layer."""
+        item = self.tree.currentItem()
+        if item is None:
+            show_warning("probseg: select a version in the list first")
+            return None
+        rater, version = item.data(0, Qt.ItemDataRole.UserRole)
+        return self.load_version(rater, version)
+
+    @_notify_errors("loading the version")
+    def load_version(self, rater: str, version: int | None = None) -> Any:
+        """Add ``rater``'s version (default: latest) of the current image as a Labels layer."""
+        store, image_id, _ = self._require_identity()
+        if rater != self.rater and not self.may_see_others():
+            raise ValueError(
+                "rater: blind mode: other raters' annotations are hidden until you save your own"
+            )
+        raters = store.raters(image_id)
+        index = raters.index(rater) if rater in raters else 0
+        return self._add_layer(rater_layer_data(store, image_id, rater, version, color_index=index))
+
+    @_notify_errors("showing the raters")
+    def show_raters(self) -> list[Any]:
+        """Load every visible rater's latest version of the current image (replacing old ones)."""
+        store, image_id, me = self._require_identity()
+        raters = visible_raters(store, image_id, me, blind=self.blind)
+        hidden = len(store.raters(image_id)) - len(raters)
+        if hidden:
+            show_info(f"probseg: blind mode: {hidden} other rater(s) hidden until you save")
+        return [self.load_version(r) for r in raters]
+
+    def _add_layer(self, layer_data: tuple[Any, dict, str]) -> Any:
+        from napari.layers import Layer
+
+        data, kwargs, kind = layer_data
+        for old in [lay for lay in self.viewer.layers if lay.name == kwargs["name"]]:
+            self.viewer.layers.remove(old)
+        layer = Layer.create(data, kwargs, kind)
+        self.viewer.layers.append(layer)
+        return layer
+
+    # ------------------------------------------------------------------ agreement
+    @_notify_errors("computing the agreement")
+    def compute_agreement(self) -> Any:
+        """Pairwise Dice matrix, majority vote and soft consensus layers, disagreement share."""
+        store, image_id, _ = self._require_identity()
+        if not self.may_see_others():
+            raise ValueError("agreement: blind mode: save your own annotation first")
+        raters = store.raters(image_id)
+        if len(raters) < 2:
+            raise ValueError(f"agreement: needs two raters, {image_id!r} has {len(raters)}")
+        result = agreement(latest_masks(store, image_id, raters))
+        self.last_agreement = result
+        r = len(raters)
+        self.dice_table.setRowCount(r)
+        self.dice_table.setColumnCount(r)
+        self.dice_table.setHorizontalHeaderLabels(list(raters))
+        self.dice_table.setVerticalHeaderLabels(list(raters))
+        for i in range(r):
+            for j in range(r):
+                self.dice_table.setItem(i, j, QTableWidgetItem(f"{result.dice[i, j]:.3f}"))
+        fg = result.disagreement_foreground
+        self.agree_label.setText(
+            f"{r} raters; mean pairwise Dice {result.mean_pairwise_dice:.3f}. Raters disagree "
+            f"on {100 * result.disagreement:.2f}% of all voxels"
+            + ("" if np.isnan(fg) else f" ({100 * fg:.1f}% of the voxels any rater marked)")
+            + "."
+        )
+        scale = store.image_info(image_id)["scale"]
+        meta = {
+            "what": "store-agreement",
+            "store": str(store.path),
+            "image_id": image_id,
+            "raters": list(raters),
+        }
+        majority = {
+            "name": f"{image_id}{SEP}majority vote",
+            "scale": scale,
+            "opacity": 0.5,
+            "metadata": {"probseg": {**meta, "kind": "majority"}},
+        }
+        soft = {
+            "name": f"{image_id}{SEP}soft consensus",
+            "scale": scale,
+            "colormap": "magma",
+            "contrast_limits": (0.0, 1.0),
+            "blending": "additive",
+            "opacity": 0.7,
+            "metadata": {"probseg": {**meta, "kind": "soft"}},
+        }
+        self._add_layer((result.majority, majority, "labels"))
+        self._add_layer((result.soft, soft, "image"))
+        return result
