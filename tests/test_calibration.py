@@ -56,6 +56,15 @@ def test_binary_tie_at_half_predicts_background_like_argmax():
     assert a.ece == pytest.approx(b.ece) == pytest.approx(0.0)  # conf 0.5, accuracy 1/2
 
 
+def test_ties_go_to_the_lowest_class_like_argmax():
+    probs = np.array([[0.4, 0.2, 0.5], [0.4, 0.4, 0.25], [0.2, 0.4, 0.25]])[:, None, :]
+    # Pixel 0 ties classes 0/1 -> predicts 0; pixel 1 ties 1/2 -> 1; pixel 2 predicts 0.
+    r = calibration(probs, np.array([[1, 1, 0]]), n_bins=10)
+    assert r.counts[4] == 2 and r.counts[5] == 1
+    assert r.accuracy[4] == 0.5  # pixel 0 wrong, pixel 1 right
+    assert r.accuracy[5] == 1.0
+
+
 def test_soft_labels_use_expected_agreement():
     probs = np.array([[0.2, 0.9], [0.8, 0.1]])[:, None, :]  # (K=2, 1, 2)
     soft = np.array([[0.25, 0.5], [0.75, 0.5]])[:, None, :]  # rater means

@@ -50,12 +50,23 @@ WRAPPER_METHODS = {
     "ssn": {"ssn": {}, "tta": {}},
     "prob_unet": {"prob_unet": {}, "tta": {}},
 }
-EXTRA = {"plain": {}, "ensemble": {"members": 3}, "ssn": {"rank": 3},
-         "prob_unet": {"latent_dim": 2, "encoder_channels": [4, 4]}}
+EXTRA = {
+    "plain": {},
+    "ensemble": {"members": 3},
+    "ssn": {"rank": 3},
+    "prob_unet": {"latent_dim": 2, "encoder_channels": [4, 4]},
+}
 
 
-def make_card(tmp_path: Path, wrapper: str = "plain", dims: int = 2, *, seed: int = 0,
-              name: str | None = None, n_classes: int = 2) -> ModelCard:
+def make_card(
+    tmp_path: Path,
+    wrapper: str = "plain",
+    dims: int = 2,
+    *,
+    seed: int = 0,
+    name: str | None = None,
+    n_classes: int = 2,
+) -> ModelCard:
     """Write a tiny random-init model (card + safetensors, Laplace curvature) into ``tmp_path``."""
     name = name or f"tiny-{wrapper}-{dims}d"
     methods = {k: dict(v) for k, v in WRAPPER_METHODS[wrapper].items()}
@@ -63,9 +74,13 @@ def make_card(tmp_path: Path, wrapper: str = "plain", dims: int = 2, *, seed: in
         methods["laplace"] = {"curvature": f"{name}.curv.safetensors", "prior_precision": 1.0}
     card = ModelCard(
         name=name,
-        architecture={"wrapper": wrapper, "network": "BasicUNet",
-                      "args": {"features": TINY, "dropout": 0.3, "norm": "batch"},
-                      "dropout_mode": "channel", **EXTRA[wrapper]},
+        architecture={
+            "wrapper": wrapper,
+            "network": "BasicUNet",
+            "args": {"features": TINY, "dropout": 0.3, "norm": "batch"},
+            "dropout_mode": "channel",
+            **EXTRA[wrapper],
+        },
         weights={"path": f"{name}.safetensors", "format": "safetensors"},
         classes=["background", *[f"c{i}" for i in range(1, n_classes)]],
         in_channels=1,
@@ -147,8 +162,9 @@ def _pointwise(dims: int = 2, seed: int = 0, k: int = 2) -> nn.Module:
     conv = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
     drop = {2: nn.Dropout2d, 3: nn.Dropout3d}[dims]
     torch.manual_seed(seed)
-    net = nn.Sequential(conv(1, 8, 1), nn.ReLU(), drop(0.5), conv(8, 16, 1), nn.ReLU(),
-                        conv(16, k, 1))
+    net = nn.Sequential(
+        conv(1, 8, 1), nn.ReLU(), drop(0.5), conv(8, 16, 1), nn.ReLU(), conv(16, k, 1)
+    )
     convert_dropout(net)
     return net.eval()
 
@@ -184,8 +200,12 @@ def test_ensemble_members_coherent_across_tiles():
 def test_laplace_varies_only_last_layer_and_is_coherent():
     net = _pointwise()
     last = net[-1]
-    post = {"weight_mean": last.weight.detach()[:, :, 0, 0], "bias_mean": last.bias.detach(),
-            "weight_var": torch.full((2, 16), 0.5), "bias_var": torch.full((2,), 0.5)}
+    post = {
+        "weight_mean": last.weight.detach()[:, :, 0, 0],
+        "bias_mean": last.bias.detach(),
+        "weight_var": torch.full((2, 16), 0.5),
+        "bias_var": torch.full((2,), 0.5),
+    }
     m = LaplaceMethod(net, posterior=post, last_layer="5", **KW)
     _crop_check(m)
     feats = []
@@ -254,9 +274,12 @@ class _ConstBody(nn.Module):
         self.f = f
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ones(x.shape[0], self.f, *x.shape[2:]) * torch.arange(1.0, self.f + 1).reshape(
-            1, -1, 1, 1
-        ) / self.f + 0 * x
+        return (
+            torch.ones(x.shape[0], self.f, *x.shape[2:])
+            * torch.arange(1.0, self.f + 1).reshape(1, -1, 1, 1)
+            / self.f
+            + 0 * x
+        )
 
 
 def test_ssn_mean_and_covariance_of_logits():

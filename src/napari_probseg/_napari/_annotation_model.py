@@ -112,7 +112,7 @@ def hypothesis_source(meta: Mapping[str, Any]) -> dict[str, Any]:
     kind, index = probseg.get("kind"), probseg.get("index")
     sample = int(index) if kind == "sample" and isinstance(index, (int, np.integer)) else None
     extra = {
-        "origin": probseg.get("origin"),
+        "source_mask": probseg.get("origin"),
         "kind": kind,
         "index": None if index is None else int(index),
         "method": probseg.get("method"),
@@ -220,9 +220,9 @@ class EditSession:
             "parent_version": self.parent_version,
             "started": self.started,
             "extra": {
+                **self.extra,
                 "origin": self.origin,
                 "since_previous_save_s": round(spent - self._last_save_s, 3),
-                **self.extra,
             },
         }
 
@@ -275,12 +275,106 @@ class EditSession:
         return session
 
 
+def edit_start(
+    store: ProjectStore,
+    image_id: str,
+    rater: str,
+    origin: str,
+    *,
+    blind: bool,
+    hypothesis: tuple[Any, Mapping[str, Any], str] | None = None,
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Initial mask and :class:`EditSession` arguments of an edit starting from ``origin``.
+
+    Parameters
+    ----------
+    store : ProjectStore
+        The project store.
+    image_id, rater : str
+        The image and the rater who edits it.
+    origin : {"empty", "version", "consensus", "hypothesis"}
+        Start empty, from the rater's latest version, from the majority vote of the raters'
+        latest versions (refused in blind mode until the rater has saved: it shows others' work),
+        or from a hypothesis layer (edited in place: the returned mask is None).
+    blind : bool, keyword-only
+        Blind mode.
+    hypothesis : (data, metadata, name), keyword-only
+        The review panel's "Use as annotation" layer, for ``origin="hypothesis"``.
+
+    Returns
+    -------
+    mask : ndarray, shape = the image's shape, or None
+    kwargs : dict
+        ``parent_version`` (the rater's latest version now) and, by origin, ``source_run``,
+        ``source_sample``, ``extra``.
+    """
+    shape = tuple(store.image_info(image_id)["shape"])
+    versions = store.history(image_id, rater)
+    kwargs: dict[str, Any] = {"parent_version": versions[-1].version if versions else None}
+    if origin == "empty":
+        return np.zeros(shape, np.uint8), kwargs
+    if origin == "version":
+        if not versions:
+            raise ValueError("origin: you have no saved version of this image yet")
+        return store.latest(image_id, rater)[0], kwargs
+    if origin == "consensus":
+        if not can_see_others(blind=blind, own_versions=len(versions)):
+            raise ValueError(
+                "origin: blind mode: the consensus shows other raters' work; "
+                "save your own annotation first"
+            )
+        raters = store.raters(image_id)
+        if not raters:
+            raise ValueError("origin: no rater has saved an annotation of this image yet")
+        kwargs["extra"] = {"consensus_of": raters}
+        return agreement(latest_masks(store, image_id, raters)).majority, kwargs
+    if origin == "hypothesis":
+        if hypothesis is None:
+            raise ValueError("hypothesis: expected the (data, metadata, name) of a layer")
+        data, metadata, name = hypothesis
+        if tuple(np.shape(data)) != shape:
+            raise ValueError(
+                f"hypothesis: layer {name!r} has shape {np.shape(data)}, "
+                f"the image {image_id!r} has {shape}"
+            )
+        src = hypothesis_source(metadata)
+        kwargs.update(source_run=src["source_run"], source_sample=src["source_sample"])
+        kwargs["extra"] = {**src["extra"], "layer": name}
+        return None, kwargs
+    raise ValueError(f"origin: expected empty, version, consensus or hypothesis, got {origin!r}")
+
+
 # --------------------------------------------------------------------------- blind mode
 
 
 def can_see_others(*, blind: bool, own_versions: int) -> bool:
     """Blind mode: a rater sees other raters' labels only once they have saved their own."""
     return not blind or own_versions > 0
+
+
+#: Layer kinds (``metadata["probseg"]["what"]``) showing other raters' committed work.
+REVEALING = ("store-annotation", "store-agreement")
+
+
+def blind_action(
+    metadata: Mapping[str, Any], image_id: str | None, rater: str | None
+) -> str | None:
+    """What blind mode does with a layer while ``rater`` may not see others' work on ``image_id``.
+
+    Returns ``"remove"`` for another rater's committed annotation or an agreement layer of the
+    image, ``"hide"`` for another rater's layer being edited (unsaved work is never dropped),
+    else None.
+    """
+    meta = metadata.get("probseg") if isinstance(metadata, Mapping) else None
+    if not isinstance(meta, Mapping) or meta.get("image_id") != image_id:
+        return None
+    if meta.get("what") == "store-agreement":
+        return "remove"
+    if meta.get("rater") == rater:
+        return None
+    if meta.get("what") in REVEALING:
+        return "remove"
+    return "hide" if meta.get("what") == "store-edit" else None
 
 
 def visible_raters(store: ProjectStore, image_id: str, rater: str, *, blind: bool) -> list[str]:
@@ -353,6 +447,26 @@ class SaveOutcome:
     def committed(self) -> bool:
         """Whether a new version was committed."""
         return self.version is not None
+
+    def message(self) -> tuple[str, str]:
+        """``(severity, text)`` of the notification telling the user what happened."""
+        if self.version is not None:
+            v = self.version
+            flag = " (saved as a conflict: another session saved first)" if v.conflict else ""
+            return "info", (
+                f"probseg: saved {v.image_id!r} as {v.rater} version {v.version}{flag}; "
+                f"{v.chunks_written} chunk(s) written"
+            )
+        if self.draft is not None:
+            kept = "as an autosaved draft"
+        elif self.recovery_path is not None:
+            kept = f"in {self.recovery_path}"
+        else:
+            return "error", f"probseg: saving failed ({self.error}); keep the layer open"
+        return (
+            "error",
+            f"probseg: saving failed ({self.error}); your work is kept in the layer and {kept}",
+        )
 
 
 def default_recovery_dir() -> Path:
@@ -478,6 +592,16 @@ class Agreement:
     disagreement: float
     disagreement_foreground: float
 
+    def summary(self) -> str:
+        """One sentence: raters, mean pairwise Dice, disagreement shares."""
+        fg = self.disagreement_foreground
+        return (
+            f"{len(self.raters)} raters; mean pairwise Dice {self.mean_pairwise_dice:.3f}. "
+            f"Raters disagree on {100 * self.disagreement:.2f}% of all voxels"
+            + ("" if np.isnan(fg) else f" ({100 * fg:.1f}% of the voxels any rater marked)")
+            + "."
+        )
+
     @property
     def mean_pairwise_dice(self) -> float:
         """Mean Dice over pairs of distinct raters (NaN with fewer than two)."""
@@ -515,7 +639,7 @@ def dice_matrix(masks: Any) -> np.ndarray:
     count = np.zeros((r, r))
     for c in classes:
         binary = (flat == c).astype(np.uint8)
-        iou = iou_matrix(binary)
+        iou = iou_matrix(binary[:, :, None])  # (R, V, 1): any 2D shape will do for the IoU
         has = binary.any(axis=1)
         present = has[:, None] | has[None, :]
         total += np.where(present, 2 * iou / (1 + iou), 0.0)

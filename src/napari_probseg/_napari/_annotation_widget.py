@@ -43,9 +43,10 @@ from napari_probseg._napari._annotation_model import (
     EditSession,
     SaveOutcome,
     agreement,
+    blind_action,
     can_see_others,
     describe_version,
-    hypothesis_source,
+    edit_start,
     is_hypothesis_layer_metadata,
     latest_masks,
     sanitize_identifier,
@@ -53,7 +54,11 @@ from napari_probseg._napari._annotation_model import (
     visible_raters,
 )
 from napari_probseg._napari._layers import SEP
-from napari_probseg._napari._store_reader import image_layer_data, rater_layer_data
+from napari_probseg._napari._store_reader import (
+    agreement_layer_data,
+    image_layer_data,
+    rater_layer_data,
+)
 from napari_probseg.store import (
     ROLES,
     InvalidIdentifierError,
@@ -66,8 +71,6 @@ from napari_probseg.store import (
 
 T = TypeVar("T")
 _TREE_COLUMNS = ("rater / version", "time (UTC)", "role", "tools", "source", "note")
-#: Layers that show other raters' work (removed in blind mode).
-_REVEALING = ("store-annotation", "store-agreement")
 
 
 def _notify_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T | None]]:
@@ -413,12 +416,10 @@ class AnnotationWidget(QWidget):
         if self.may_see_others():
             return
         for layer in list(self.viewer.layers):
-            meta = layer.metadata.get("probseg", {})
-            if meta.get("image_id") != self.image_id or meta.get("rater") == self.rater:
-                continue
-            if meta.get("what") in _REVEALING:
+            action = blind_action(layer.metadata, self.image_id, self.rater)
+            if action == "remove":
                 self.viewer.layers.remove(layer)
-            elif meta.get("what") == "store-edit" and layer is not self.edit_layer:
+            elif action == "hide" and layer is not self.edit_layer:
                 layer.visible = False  # another rater's unsaved work: hidden, never dropped
         self.dice_table.setRowCount(0)
         self.dice_table.setColumnCount(0)
@@ -477,58 +478,19 @@ class AnnotationWidget(QWidget):
                 "draft: you have an autosaved draft of this image (unsaved work): "
                 "save or recover it, or discard it first"
             )
-        info = store.image_info(image_id)
-        shape = tuple(info["shape"])
-        versions = store.history(image_id, rater)
-        parent = versions[-1].version if versions else None
-        kwargs: dict[str, Any] = {}
-        layer = None
-        if origin == "empty":
-            data = np.zeros(shape, np.uint8)
-        elif origin == "version":
-            if parent is None:
-                raise ValueError("origin: you have no saved version of this image yet")
-            data = store.latest(image_id, rater)[0]
-        elif origin == "consensus":
-            if not self.may_see_others():
-                raise ValueError(
-                    "origin: blind mode: the consensus shows other raters' work; "
-                    "save your own annotation first"
-                )
-            raters = store.raters(image_id)
-            if not raters:
-                raise ValueError("origin: no rater has saved an annotation of this image yet")
-            data = agreement(latest_masks(store, image_id, raters)).majority
-            kwargs["extra"] = {"consensus_of": raters}
-        elif origin == "hypothesis":
-            layer = self._hypothesis_layer(source)
-            if tuple(np.shape(layer.data)) != shape:
-                raise ValueError(
-                    f"source: layer {layer.name!r} has shape {np.shape(layer.data)}, "
-                    f"the image {image_id!r} has {shape}"
-                )
-            src = hypothesis_source(layer.metadata)
-            kwargs = {
-                "source_run": src["source_run"],
-                "source_sample": src["source_sample"],
-                "extra": {**src["extra"], "layer": layer.name},
-            }
-            data = None
-        else:
-            raise ValueError(
-                f"origin: expected empty, consensus, version or hypothesis, got {origin!r}"
-            )
+        layer = self._hypothesis_layer(source) if origin == "hypothesis" else None
+        hyp = None if layer is None else (layer.data, layer.metadata, layer.name)
+        data, kwargs = edit_start(store, image_id, rater, origin, blind=self.blind, hypothesis=hyp)
         self._end_session()
         session = EditSession(
             image_id=image_id,
             rater=rater,
             role=self.role,
             origin=origin,
-            parent_version=parent,
             **kwargs,
         )
         if layer is None:
-            layer = self._new_edit_layer(data, info["scale"])
+            layer = self._new_edit_layer(data, store.image_info(image_id)["scale"])
         self._begin(session, layer)
         show_info(f"probseg: editing {image_id!r} as {rater} (from {origin}); save when done.")
         return layer
@@ -616,30 +578,15 @@ class AnnotationWidget(QWidget):
             store, self.session, self.edit_layer.data, note=note, recovery_dir=self.recovery_dir
         )
         self.last_outcome = outcome
+        severity, message = outcome.message()
+        (show_info if severity == "info" else show_error)(message)
         if outcome.committed:
             v = outcome.version
-            flag = " (saved as a conflict: another session saved first)" if v.conflict else ""
-            show_info(
-                f"probseg: saved {v.image_id!r} as {v.rater} version {v.version}{flag}; "
-                f"{v.chunks_written} chunk(s) written"
-            )
             self.note_edit.clear()
             was_blind = self.blind and v.version == 1
             self._after_identity_change()
             if was_blind and len(store.raters(v.image_id)) > 1:
                 show_info("probseg: other raters' annotations of this image are now available.")
-        elif outcome.draft is not None:
-            show_error(
-                f"probseg: saving failed ({outcome.error}); your work is kept in the layer "
-                "and as an autosaved draft"
-            )
-        elif outcome.recovery_path is not None:
-            show_error(
-                f"probseg: saving failed ({outcome.error}); your work is kept in the layer and in "
-                f"{outcome.recovery_path}"
-            )
-        else:
-            show_error(f"probseg: saving failed ({outcome.error}); keep the layer open")
         self._update_state()
         return outcome
 
@@ -789,35 +736,7 @@ class AnnotationWidget(QWidget):
         for i in range(r):
             for j in range(r):
                 self.dice_table.setItem(i, j, QTableWidgetItem(f"{result.dice[i, j]:.3f}"))
-        fg = result.disagreement_foreground
-        self.agree_label.setText(
-            f"{r} raters; mean pairwise Dice {result.mean_pairwise_dice:.3f}. Raters disagree "
-            f"on {100 * result.disagreement:.2f}% of all voxels"
-            + ("" if np.isnan(fg) else f" ({100 * fg:.1f}% of the voxels any rater marked)")
-            + "."
-        )
-        scale = store.image_info(image_id)["scale"]
-        meta = {
-            "what": "store-agreement",
-            "store": str(store.path),
-            "image_id": image_id,
-            "raters": list(raters),
-        }
-        majority = {
-            "name": f"{image_id}{SEP}majority vote",
-            "scale": scale,
-            "opacity": 0.5,
-            "metadata": {"probseg": {**meta, "kind": "majority"}},
-        }
-        soft = {
-            "name": f"{image_id}{SEP}soft consensus",
-            "scale": scale,
-            "colormap": "magma",
-            "contrast_limits": (0.0, 1.0),
-            "blending": "additive",
-            "opacity": 0.7,
-            "metadata": {"probseg": {**meta, "kind": "soft"}},
-        }
-        self._add_layer((result.majority, majority, "labels"))
-        self._add_layer((result.soft, soft, "image"))
+        self.agree_label.setText(result.summary())
+        for layer_data in agreement_layer_data(store, image_id, result):
+            self._add_layer(layer_data)
         return result

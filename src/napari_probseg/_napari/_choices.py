@@ -115,6 +115,6 @@ def describe_error(exc: BaseException) -> str:
         )
     if isinstance(exc, FileNotFoundError):
         return f"file not found: {text}"
-    if isinstance(exc, ValueError | OSError):
+    if isinstance(exc, ValueError | OSError | MemoryError):
         return text
     return f"{type(exc).__name__}: {text}"

@@ -84,6 +84,7 @@ def open_demo(
     image, _, scale = sample_case(ndim)
     if viewer is None:
         viewer = napari.Viewer(title=f"napari-probseg demo ({sample})")
+        viewer.window.resize(1500, 950)
     name = f"lesions {sample}"
     viewer.add_image(image, name=name, scale=scale, colormap="gray")
     run = RunWidget(viewer)

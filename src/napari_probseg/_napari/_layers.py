@@ -137,7 +137,7 @@ def contour_paths(mask: np.ndarray, *, tolerance: float = 0.0) -> list[np.ndarra
 
 
 def sample_contours(
-    samples: np.ndarray, *, max_paths: int = 6000
+    samples: np.ndarray, *, max_paths: int = 2000, min_vertices: int = 6
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Return the foreground contour of every sample, per plane in 3D.
 
@@ -146,8 +146,10 @@ def sample_contours(
     samples : ndarray, shape (N, *spatial)
         Label masks (0 = background), 2 or 3 spatial axes.
     max_paths : int, keyword-only
-        Upper bound on the number of paths; in 3D, planes are strided evenly to respect it
-        (large Shapes layers make napari sluggish).
+        Upper bound on the number of paths (large Shapes layers make napari sluggish): in 3D,
+        planes are strided evenly to respect it; then the longest paths are kept.
+    min_vertices : int, keyword-only
+        Paths with fewer vertices (one- or two-pixel specks) are dropped.
 
     Returns
     -------
@@ -163,18 +165,23 @@ def sample_contours(
     owner: list[int] = []
     if s.ndim == 3:
         for i, mask in enumerate(s):
-            found = contour_paths(mask)
+            found = [c for c in contour_paths(mask) if len(c) >= min_vertices]
             paths += found
             owner += [i] * len(found)
-        return paths, np.asarray(owner, dtype=int)
-    fg_planes = np.flatnonzero((s > 0).any(axis=(0, 2, 3)))
-    # Rough estimate of paths per plane (N samples, ~1 contour each) to choose a plane stride.
-    stride = max(1, math.ceil(len(fg_planes) * s.shape[0] / max(max_paths, 1)))
-    for z in fg_planes[::stride]:
-        for i in range(s.shape[0]):
-            for c in contour_paths(s[i, z]):
-                paths.append(np.column_stack([np.full(len(c), z, np.float32), c]))
-                owner.append(i)
+    else:
+        fg_planes = np.flatnonzero((s > 0).any(axis=(0, 2, 3)))
+        # ~1 contour per sample and plane: choose a plane stride that respects max_paths.
+        stride = max(1, math.ceil(len(fg_planes) * s.shape[0] / max(max_paths, 1)))
+        for z in fg_planes[::stride]:
+            for i in range(s.shape[0]):
+                for c in contour_paths(s[i, z]):
+                    if len(c) >= min_vertices:
+                        paths.append(np.column_stack([np.full(len(c), z, np.float32), c]))
+                        owner.append(i)
+    if len(paths) > max_paths:
+        keep = np.sort(np.argsort([-len(p) for p in paths], kind="stable")[:max_paths])
+        paths = [paths[k] for k in keep]
+        owner = [owner[k] for k in keep]
     return paths, np.asarray(owner, dtype=int)
 
 

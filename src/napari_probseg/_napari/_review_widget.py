@@ -17,11 +17,13 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -59,6 +61,7 @@ class ReviewWidget(QWidget):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.TextFormat.RichText)
+        self.summary.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
 
         self.quantile_spin = QDoubleSpinBox()
         self.quantile_spin.setRange(0.1, 50.0)
@@ -86,7 +89,12 @@ class ReviewWidget(QWidget):
         sv = QVBoxLayout(summary_box)
         sv.addWidget(self.title)
         sv.addWidget(self.sentence)
-        sv.addWidget(self.summary)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(self.summary)
+        scroll.setMinimumHeight(150)
+        sv.addWidget(scroll, 1)
         regions_box = QGroupBox("Most uncertain regions")
         rv = QVBoxLayout(regions_box)
         form = QFormLayout()
@@ -102,7 +110,7 @@ class ReviewWidget(QWidget):
         av.addWidget(self.source_combo, 1)
         av.addWidget(self.annotate_button)
         layout = QVBoxLayout(self)
-        layout.addWidget(summary_box)
+        layout.addWidget(summary_box, 1)
         layout.addWidget(regions_box, 1)
         layout.addWidget(annot_box)
 

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
@@ -39,6 +40,22 @@ from napari_probseg._napari._session import land
 
 #: Resolution of the napari progress bar (it counts thousandths of the engine's fraction).
 _PBAR_STEPS = 1000
+
+
+_WARM = {"done": False}
+
+
+def _job_with_warm_layers(*args: Any, **kwargs: Any) -> Any:
+    """:func:`run_job`, then napari's one-time Shapes setup (numba compilation, imports) in the
+    worker thread: done on the GUI thread it stalls the first landing for seconds."""
+    output = yield from run_job(*args, **kwargs)
+    if not _WARM["done"]:
+        from napari.layers import Shapes
+
+        Shapes([np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]])], shape_type="path")
+        Shapes([np.array([[0.0, 0.0], [1.0, 1.0]])], shape_type="rectangle")
+        _WARM["done"] = True
+    return output
 
 
 class RunWidget(QWidget):
@@ -246,7 +263,7 @@ class RunWidget(QWidget):
         self.last_error = None
         self.last_record = None
         worker = create_worker(
-            run_job,
+            _job_with_warm_layers,
             layer.data,
             request,
             placement,

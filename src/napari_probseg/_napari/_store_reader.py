@@ -119,6 +119,33 @@ def rater_layer_data(
     return np.asarray(mask), kwargs, "labels"
 
 
+def agreement_layer_data(store: Any, image_id: str, result: Any) -> list[LayerDataTuple]:
+    """Layer-data tuples of an ``Agreement``: majority vote (labels), soft consensus (image)."""
+    scale = store.image_info(image_id)["scale"]
+    meta = {
+        "what": "store-agreement",
+        "store": str(store.path),
+        "image_id": image_id,
+        "raters": list(result.raters),
+    }
+    majority = {
+        "name": f"{image_id}{SEP}majority vote",
+        "scale": scale,
+        "opacity": 0.5,
+        "metadata": {"probseg": {**meta, "kind": "majority"}},
+    }
+    soft = {
+        "name": f"{image_id}{SEP}soft consensus",
+        "scale": scale,
+        "colormap": "magma",
+        "contrast_limits": (0.0, 1.0),
+        "blending": "additive",
+        "opacity": 0.7,
+        "metadata": {"probseg": {**meta, "kind": "soft"}},
+    }
+    return [(result.majority, majority, "labels"), (result.soft, soft, "image")]
+
+
 def store_layer_data(
     store: Any, *, warn: Callable[[str], None] | None = None
 ) -> list[LayerDataTuple]:

@@ -591,11 +591,36 @@ def _reduce_numpy(
         return conf, pred_fg == (labels > 0)
     if confidence == "foreground":
         return probs[1], (labels[1] if soft else labels == 1)
-    pred = probs.argmax(axis=0)
-    conf = np.take_along_axis(probs, pred[None], axis=0)[0]
+    conf, pred = _top_label(probs)
     if soft:
-        return conf, np.take_along_axis(labels, pred[None], axis=0)[0]
+        return conf, np.take_along_axis(labels, pred[None].astype(np.intp), axis=0)[0]
     return conf, pred == labels
+
+
+def _top_label(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(max_k p_k, argmax_k p_k)`` over axis 0, ties to the lowest class like ``argmax``.
+
+    numpy's ``argmax(axis=0)`` walks the class axis with a stride and is ~6x slower than this:
+    one ``max`` plus K uint8 compare-adds, with ``argmax`` only on the (rare) tied pixels.
+    """
+    k = probs.shape[0]
+    if k > 255:
+        pred = probs.argmax(axis=0)
+        return np.take_along_axis(probs, pred[None], axis=0)[0], pred
+    conf = probs.max(axis=0)
+    pred = np.zeros(conf.shape, dtype=np.uint8)
+    n_max = np.zeros(conf.shape, dtype=np.uint8)
+    eq = np.empty(conf.shape, dtype=bool)
+    for c in range(k):
+        np.equal(probs[c], conf, out=eq)
+        e8 = eq.view(np.uint8)
+        n_max += e8
+        if c:
+            pred += e8 * np.uint8(c)
+    ties = np.flatnonzero(n_max != 1)
+    if ties.size:
+        pred.reshape(-1)[ties] = probs.reshape(k, -1)[:, ties].argmax(axis=0)
+    return conf, pred
 
 
 def _reduce_torch(

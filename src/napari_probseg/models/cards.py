@@ -165,11 +165,15 @@ class ModelCard:
         if not isinstance(arch, dict):
             raise bad("architecture", "expected a mapping")
         if arch.get("wrapper", "plain") not in WRAPPERS:
-            raise bad("architecture.wrapper", f"expected one of {WRAPPERS}, got {arch['wrapper']!r}")
+            raise bad(
+                "architecture.wrapper", f"expected one of {WRAPPERS}, got {arch['wrapper']!r}"
+            )
         if ("network" in arch) == ("factory" in arch):
             raise bad("architecture", "give exactly one of 'network' (MONAI name) or 'factory'")
         if "factory" in arch and ":" not in str(arch["factory"]):
-            raise bad("architecture.factory", f"expected 'module:callable', got {arch['factory']!r}")
+            raise bad(
+                "architecture.factory", f"expected 'module:callable', got {arch['factory']!r}"
+            )
         if not isinstance(arch.get("args", {}), dict):
             raise bad("architecture.args", "expected a mapping of keyword arguments")
         if arch.get("wrapper") == "ensemble" and int(arch.get("members", 0)) < 1:

@@ -25,8 +25,13 @@ from torch import nn
 
 from napari_probseg.models.errors import MissingModelFileError, ModelCardError
 
-__all__ = ["fit_diag_ggn", "load_curvature", "posterior_from_curvature", "save_curvature",
-           "select_prior_precision"]
+__all__ = [
+    "fit_diag_ggn",
+    "load_curvature",
+    "posterior_from_curvature",
+    "save_curvature",
+    "select_prior_precision",
+]
 
 
 def _last_layer(network: nn.Module, last_layer: str) -> nn.Module:
@@ -178,7 +183,9 @@ def select_prior_precision(
             b = post["bias_mean"] + post["bias_var"].sqrt() * torch.randn(
                 post["bias_mean"].shape, generator=g
             )
-            logits = torch.einsum("kf,bf...->bk...", w, phi) + b.reshape(-1, *([1] * (phi.ndim - 2)))
+            logits = torch.einsum("kf,bf...->bk...", w, phi) + b.reshape(
+                -1, *([1] * (phi.ndim - 2))
+            )
             mean_p += torch.softmax(logits, 1) / n_samples
         nll = -torch.log(mean_p.gather(1, targets[:, None]).clamp_min(1e-12)).mean()
         scores[float(lam)] = float(nll)

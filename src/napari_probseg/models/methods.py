@@ -497,7 +497,9 @@ class TTAMethod(Method):
         self.inner = inner
         axes = tuple(range(self.spatial_dims)) if flip_axes is None else tuple(flip_axes)
         if any(a not in range(self.spatial_dims) for a in axes):
-            raise ValueError(f"flip_axes: expected spatial axes in [0, {self.spatial_dims}), got {axes}")
+            raise ValueError(
+                f"flip_axes: expected spatial axes in [0, {self.spatial_dims}), got {axes}"
+            )
         if not 0 <= intensity_scale < 1:
             raise ValueError(f"intensity_scale: expected in [0, 1), got {intensity_scale!r}")
         if noise_std < 0:
@@ -553,7 +555,9 @@ class TTAMethod(Method):
             if self.noise_std > 0:
                 noise = torch.randn(tuple(xb.shape), generator=generator)
                 xb = xb + self.noise_std * self._to_dev(noise).to(xb.dtype)
-            probs = self._inverse_t(self.inner.render(xb, _subset(inner_state, rows), generator), *key)
+            probs = self._inverse_t(
+                self.inner.render(xb, _subset(inner_state, rows), generator), *key
+            )
             if out is None:
                 out = probs.new_empty((n, *probs.shape[1:]))
             out[rows_dev] = probs

@@ -136,7 +136,9 @@ def _import_factory(spec: str, *, trust: bool) -> Any:
     return obj
 
 
-def build_body(card: ModelCard, *, out_channels: int | None = None, trust: bool = False) -> nn.Module:
+def build_body(
+    card: ModelCard, *, out_channels: int | None = None, trust: bool = False
+) -> nn.Module:
     """Build the card's network (MONAI name or factory) with dropout converted to `SampledDropout`.
 
     ``spatial_dims``, ``in_channels`` and ``out_channels`` are filled in from the card when the

@@ -52,7 +52,12 @@ class Dataset:
 
 
 def lesion_dataset(
-    n: int, *, ndim: int, seed: int, normalization: dict[str, Any], shift: bool = False,
+    n: int,
+    *,
+    ndim: int,
+    seed: int,
+    normalization: dict[str, Any],
+    shift: bool = False,
     shape: tuple[int, ...] | None = None,
 ) -> Dataset:
     """Synthetic lesions (``napari_probseg.data.synthetic.make_lesions``), normalized as the card."""
@@ -83,7 +88,9 @@ def _crops(
     return torch.stack(xs), torch.stack(ys)
 
 
-def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ssn_samples: int = 16) -> torch.Tensor:
+def _loss(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ssn_samples: int = 16
+) -> torch.Tensor:
     """Training loss of each wrapper kind (per pixel)."""
     if isinstance(net, SSNNet):
         # Monteiro et al. 2020: MC estimate of log p(y|x) = log mean_m p(y | eta_m), eta_m
@@ -94,10 +101,15 @@ def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ssn_samples: int 
         eps = torch.randn(m, b, factor.shape[2], device=x.device)
         low = torch.einsum("mbr,bkr...->mbk...", eps, factor)
         logits = mu + low + diag.sqrt() * torch.randn(m, *mu.shape, device=x.device)
-        ll = -F.cross_entropy(
-            logits.reshape(m * b, k, *mu.shape[2:]), y.repeat(m, *([1] * (y.ndim - 1))),
-            reduction="none",
-        ).reshape(m, b, -1).sum(-1)
+        ll = (
+            -F.cross_entropy(
+                logits.reshape(m * b, k, *mu.shape[2:]),
+                y.repeat(m, *([1] * (y.ndim - 1))),
+                reduction="none",
+            )
+            .reshape(m, b, -1)
+            .sum(-1)
+        )
         n_pix = y[0].numel()
         return -(torch.logsumexp(ll, 0) - math.log(m)).mean() / n_pix
     if isinstance(net, ProbUNet):
@@ -107,7 +119,7 @@ def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ssn_samples: int 
         mu_p, ls_p = net.prior(x)
         z = mu_q + ls_q.exp() * torch.randn_like(mu_q)
         ce = F.cross_entropy(net.decode(net.features(x), z), y)
-        kl = (ls_p - ls_q + (ls_q.exp() ** 2 + (mu_q - mu_p) ** 2) / (2 * ls_p.exp() ** 2) - 0.5)
+        kl = ls_p - ls_q + (ls_q.exp() ** 2 + (mu_q - mu_p) ** 2) / (2 * ls_p.exp() ** 2) - 0.5
         return ce + kl.sum(1).mean() / y[0].numel()
     return F.cross_entropy(net(x), y)
 
@@ -142,11 +154,20 @@ def train_network(
         sched.step()
         losses.append(float(loss.detach()))
         if (step + 1) % max(1, steps // 5) == 0:
-            log(f"  {label} step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+            log(
+                f"  {label} step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f} "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
     net.eval()
-    return {"steps": steps, "batch": batch, "patch": list(patch), "lr": lr, "seed": seed,
-            "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "steps": steps,
+        "batch": batch,
+        "patch": list(patch),
+        "lr": lr,
+        "seed": seed,
+        "final_loss": float(np.mean(losses[-20:])),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def ged16(samples: np.ndarray, raters: np.ndarray) -> float:
@@ -158,6 +179,7 @@ def ged16(samples: np.ndarray, raters: np.ndarray) -> float:
 
 def mean_mutual_information(probs: torch.Tensor) -> float:
     """Mean over pixels of MI = H[E p] - E H[p] (nats) of samples (N, K, *S)."""
+
     def h(p: torch.Tensor) -> torch.Tensor:
         return -(p * torch.log(p.clamp_min(1e-12))).sum(1)
 
@@ -187,9 +209,13 @@ def evaluate_method(
             masks = np.repeat(masks, n_samples // n, axis=0)
         geds.append(ged16(masks, ds.raters[i].numpy().astype(np.uint8)))
         mis.append(mean_mutual_information(probs))
-    return {"dice_consensus_vs_majority": float(np.mean(dice)), "ged16": float(np.mean(geds)),
-            "mean_mutual_information": float(np.mean(mis)), "n_images": len(ds.x),
-            "n_samples": n_samples}
+    return {
+        "dice_consensus_vs_majority": float(np.mean(dice)),
+        "ged16": float(np.mean(geds)),
+        "mean_mutual_information": float(np.mean(mis)),
+        "n_images": len(ds.x),
+        "n_samples": n_samples,
+    }
 
 
 @torch.no_grad()
@@ -203,7 +229,9 @@ def fit_temperature(net: nn.Module, ds: Dataset, *, targets: str = "raters") -> 
     def nll(log_t: float) -> float:
         if log_t not in logp_cache:
             logp = torch.log_softmax(logits / math.exp(log_t), 1)
-            vals = [-logp.gather(1, ds.raters[:, r : r + 1]).mean() for r in range(ds.raters.shape[1])]
+            vals = [
+                -logp.gather(1, ds.raters[:, r : r + 1]).mean() for r in range(ds.raters.shape[1])
+            ]
             logp_cache[log_t] = float(torch.stack(vals).mean())
         return logp_cache[log_t]
 

@@ -48,22 +48,60 @@ TTA = {"rot90": True, "intensity_scale": 0.1, "noise_std": 0.05}
 
 # name, ndim, wrapper, extra architecture keys, methods, default, steps, lr
 SPECS: list[dict[str, Any]] = [
-    {"name": "lesions2d-unet", "ndim": 2, "wrapper": "plain", "extra": {},
-     "methods": {"softmax": {}, "mc_dropout": {}, "tta": dict(TTA), "laplace": {}},
-     "default": "mc_dropout", "steps": 400},
-    {"name": "lesions2d-ensemble", "ndim": 2, "wrapper": "ensemble", "extra": {"members": 4},
-     "methods": {"ensemble": {"selection": "cycle"}, "tta": dict(TTA)},
-     "default": "ensemble", "steps": 150},
-    {"name": "lesions2d-ssn", "ndim": 2, "wrapper": "ssn", "extra": {"rank": 10},
-     "methods": {"ssn": {}, "tta": dict(TTA)}, "default": "ssn", "steps": 400},
-    {"name": "lesions2d-prob-unet", "ndim": 2, "wrapper": "prob_unet",
-     "extra": {"latent_dim": 6, "encoder_channels": [8, 16, 32, 32]},
-     "methods": {"prob_unet": {}, "tta": dict(TTA)}, "default": "prob_unet", "steps": 400},
-    {"name": "lesions3d-unet", "ndim": 3, "wrapper": "plain", "extra": {},
-     "methods": {"softmax": {}, "mc_dropout": {}, "tta": dict(TTA)},
-     "default": "mc_dropout", "steps": 150},
-    {"name": "lesions3d-ssn", "ndim": 3, "wrapper": "ssn", "extra": {"rank": 8},
-     "methods": {"ssn": {}, "tta": dict(TTA)}, "default": "ssn", "steps": 150},
+    {
+        "name": "lesions2d-unet",
+        "ndim": 2,
+        "wrapper": "plain",
+        "extra": {},
+        "methods": {"softmax": {}, "mc_dropout": {}, "tta": dict(TTA), "laplace": {}},
+        "default": "mc_dropout",
+        "steps": 400,
+    },
+    {
+        "name": "lesions2d-ensemble",
+        "ndim": 2,
+        "wrapper": "ensemble",
+        "extra": {"members": 4},
+        "methods": {"ensemble": {"selection": "cycle"}, "tta": dict(TTA)},
+        "default": "ensemble",
+        "steps": 150,
+    },
+    {
+        "name": "lesions2d-ssn",
+        "ndim": 2,
+        "wrapper": "ssn",
+        "extra": {"rank": 10},
+        "methods": {"ssn": {}, "tta": dict(TTA)},
+        "default": "ssn",
+        "steps": 400,
+    },
+    {
+        "name": "lesions2d-prob-unet",
+        "ndim": 2,
+        "wrapper": "prob_unet",
+        "extra": {"latent_dim": 6, "encoder_channels": [8, 16, 32, 32]},
+        "methods": {"prob_unet": {}, "tta": dict(TTA)},
+        "default": "prob_unet",
+        "steps": 400,
+    },
+    {
+        "name": "lesions3d-unet",
+        "ndim": 3,
+        "wrapper": "plain",
+        "extra": {},
+        "methods": {"softmax": {}, "mc_dropout": {}, "tta": dict(TTA)},
+        "default": "mc_dropout",
+        "steps": 150,
+    },
+    {
+        "name": "lesions3d-ssn",
+        "ndim": 3,
+        "wrapper": "ssn",
+        "extra": {"rank": 8},
+        "methods": {"ssn": {}, "tta": dict(TTA)},
+        "default": "ssn",
+        "steps": 150,
+    },
 ]
 DROPOUT = 0.1
 DATA = {  # n_train, n_val, n_test, seeds, batch, patch
@@ -86,8 +124,11 @@ def _normalization(ndim: int) -> dict[str, Any]:
     """z-score with the training set's statistics (fixed, so the shifted domain stays shifted)."""
     cfg = DATA[ndim]
     imgs = make_lesions(min(cfg["n"][0], 8), ndim=ndim, seed=cfg["seeds"][0]).images
-    return {"kind": "zscore", "mean": round(float(imgs.mean()), 5),
-            "std": round(float(imgs.std()), 5)}
+    return {
+        "kind": "zscore",
+        "mean": round(float(imgs.mean()), 5),
+        "std": round(float(imgs.std()), 5),
+    }
 
 
 def _card(spec: dict[str, Any], norm: dict[str, Any]) -> ModelCard:
@@ -95,8 +136,11 @@ def _card(spec: dict[str, Any], norm: dict[str, Any]) -> ModelCard:
     arch = {
         "wrapper": spec["wrapper"],
         "network": "BasicUNet",
-        "args": {"features": FEATURES_2D if ndim == 2 else FEATURES_3D, "dropout": DROPOUT,
-                 "norm": "batch"},
+        "args": {
+            "features": FEATURES_2D if ndim == 2 else FEATURES_3D,
+            "dropout": DROPOUT,
+            "norm": "batch",
+        },
         "dropout_mode": "channel",
         **spec["extra"],
     }
@@ -117,8 +161,9 @@ def _card(spec: dict[str, Any], norm: dict[str, Any]) -> ModelCard:
     )
 
 
-def _fit_extras(card: ModelCard, net: torch.nn.Module, train: Dataset, val: Dataset,
-                out: Path) -> None:
+def _fit_extras(
+    card: ModelCard, net: torch.nn.Module, train: Dataset, val: Dataset, out: Path
+) -> None:
     """Temperature for softmax and the Laplace curvature + prior precision (plain networks)."""
     if "softmax" in card.methods:
         t = fit_temperature(net, val)
@@ -152,13 +197,22 @@ def train_one(spec: dict[str, Any], out: Path, *, scale: float, data: dict[int, 
     card.path = out / f"{card.name}.json"  # resolves the curvature file before the card is saved
     torch.manual_seed(cfg["seeds"][0])
     net = build_network(card)
-    steps = max(2, int(round(spec["steps"] * scale)))
+    steps = max(2, round(spec["steps"] * scale))
     t0 = time.perf_counter()
     logs = []
     for m, member in enumerate(member_nets(net)):
-        logs.append(train_network(member, train, steps=steps, batch=cfg["batch"],
-                                  patch=cfg["patch"], seed=cfg["seeds"][0] + 17 * m, log=_log,
-                                  label=f"{spec['name']}[{m}]"))
+        logs.append(
+            train_network(
+                member,
+                train,
+                steps=steps,
+                batch=cfg["batch"],
+                patch=cfg["patch"],
+                seed=cfg["seeds"][0] + 17 * m,
+                log=_log,
+                label=f"{spec['name']}[{m}]",
+            )
+        )
     net.eval()
     _fit_extras(card, net, train, val, out)
     card.training = {
@@ -180,8 +234,10 @@ def train_one(spec: dict[str, Any], out: Path, *, scale: float, data: dict[int, 
     methods = [m for m in EVAL[spec["wrapper"]] if m in card.methods]
     for name in methods:
         method = build_method(card, net, name)
-        metrics[name] = {k: round(v, 4) if isinstance(v, float) else v
-                         for k, v in evaluate_method(method, test).items()}
+        metrics[name] = {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in evaluate_method(method, test).items()
+        }
         _log(f"  {spec['name']} {name}: {metrics[name]}")
     card.metrics = metrics
     save_model(card, net, out)
@@ -191,8 +247,12 @@ def train_one(spec: dict[str, Any], out: Path, *, scale: float, data: dict[int, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="output folder "
-                        "(default: the bundled resources/models)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: the bundled resources/models)",
+    )
     parser.add_argument("--only", nargs="*", default=None, help="model names to train")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the step counts")
     parser.add_argument("--threads", type=int, default=2)
@@ -206,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     for ndim in sorted({s["ndim"] for s in specs}):
         cfg = DATA[ndim]
         norm = _normalization(ndim)
-        sets = [lesion_dataset(n, ndim=ndim, seed=sd, normalization=norm)
-                for n, sd in zip(cfg["n"], cfg["seeds"])]
+        sets = [
+            lesion_dataset(n, ndim=ndim, seed=sd, normalization=norm)
+            for n, sd in zip(cfg["n"], cfg["seeds"])
+        ]
         data[ndim] = (norm, *sets)
     for spec in specs:
         _log(f"== {spec['name']}")

@@ -240,8 +240,10 @@ def finetune(
         raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
     if rater_mode not in TRAIN_RATER_MODES:
         raise ValueError(f"rater_mode: expected one of {TRAIN_RATER_MODES}, got {rater_mode!r}")
-    if val_fraction is not None and n_val is not None:
-        val_fraction = None  # n_val wins (the CLI passes both defaults)
+    if n_val is not None:
+        val_fraction = None  # n_val wins
+    elif val_fraction is None:
+        val_fraction = 0.0
     parent = resolve_card(model)
     if parent.in_channels != 1:
         raise ValueError(
@@ -263,26 +265,46 @@ def finetune(
     dev = resolve_device(device)
     if not isinstance(store, ProjectStore):
         store = ProjectStore.open(store, mode="r")
-    return _finetune(
+    t0 = time.perf_counter()
+    # Loading and checking the data happens here, before any progress event, so that bad data
+    # fails like a bad argument.
+    full = StoreDataset(
         store,
-        parent,
-        out_path,
-        epochs=epochs,
-        lr=float(lr),
-        batch_size=batch_size,
-        rater_mode=rater_mode,
-        val_fraction=val_fraction,
-        n_val=n_val,
-        raters=raters,
         image_ids=image_ids,
-        patch_size=patch_size,
+        raters=raters,
+        rater_mode=rater_mode,
+        normalization=parent.normalization,
+        n_classes=parent.n_classes,
+        spatial_dims=parent.spatial_dims,
         samples_per_image=samples_per_image,
         foreground_fraction=foreground_fraction,
-        freeze_norm=bool(freeze_norm),
         seed=int(seed),
-        device=dev,
+    )
+    full.patch_size = tuple(int(p) for p in (patch_size or _default_patch(parent, full.shapes)))
+    train_ds, val_ds = full.split(val_fraction, n_val=n_val, seed=int(seed))
+    settings = {
+        "raters": sorted(raters) if raters is not None else "all",
+        "split": {"val_fraction": val_fraction, "n_val": n_val, "seed": int(seed), "by": "image"},
+        "epochs": epochs,
+        "lr": float(lr),
+        "batch_size": batch_size,
+        "patch_size": list(full.patch_size),
+        "samples_per_image": samples_per_image,
+        "foreground_fraction": foreground_fraction,
+        "freeze_norm": bool(freeze_norm),
+        "seed": int(seed),
+        "device": str(dev),
+    }
+    return _finetune(
+        full,
+        train_ds,
+        val_ds,
+        parent,
+        out_path,
+        settings,
         trust=trust,
         check_cancel=check_cancel,
+        t0=t0,
     )
 
 
@@ -369,46 +391,20 @@ def _new_card(parent: ModelCard, name: str, lineage: dict[str, Any]) -> ModelCar
 
 
 def _finetune(
-    store: ProjectStore,
+    full: StoreDataset,
+    train_ds: StoreDataset,
+    val_ds: StoreDataset,
     parent: ModelCard,
     out: Path,
+    settings: dict[str, Any],
     *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    rater_mode: str,
-    val_fraction: float | None,
-    n_val: int | None,
-    raters: Sequence[str] | None,
-    image_ids: Sequence[str] | None,
-    patch_size: Sequence[int] | None,
-    samples_per_image: int,
-    foreground_fraction: float,
-    freeze_norm: bool,
-    seed: int,
-    device: Any,
     trust: bool,
     check_cancel: Callable[[], None],
+    t0: float,
 ) -> Generator[TrainProgress, None, FinetuneResult]:
-    t0 = time.perf_counter()
+    epochs, lr, batch_size = settings["epochs"], settings["lr"], settings["batch_size"]
+    seed, device = settings["seed"], resolve_device(settings["device"])
     check_cancel()
-    yield TrainProgress("prepare", 0, epochs, 0, 0, 0.0, message=f"loading {store.path}")
-    full = StoreDataset(
-        store,
-        image_ids=image_ids,
-        raters=raters,
-        rater_mode=rater_mode,
-        normalization=parent.normalization,
-        n_classes=parent.n_classes,
-        spatial_dims=parent.spatial_dims,
-        samples_per_image=samples_per_image,
-        foreground_fraction=foreground_fraction,
-        seed=seed,
-    )
-    full.patch_size = tuple(int(p) for p in (patch_size or _default_patch(parent, full.shapes)))
-    train_ds, val_ds = full.split(
-        val_fraction, n_val=n_val if val_fraction is None else None, seed=seed
-    )
     torch.manual_seed(seed)
     net = load_network(parent, device=device, trust=trust)
     before = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -426,6 +422,9 @@ def _finetune(
     )
     skipped = full.n_skipped
     check_cancel()
+    # the parent's validation loss: the baseline of the fine-tuned losses
+    val_loss = _validate(net, val_ds, batch_size, seed, device) if len(val_ds) else None
+    initial_val_loss = val_loss
     yield TrainProgress(
         "prepare",
         0,
@@ -436,16 +435,17 @@ def _finetune(
         message=f"{len(train_ds.image_ids)} training and {len(val_ds.image_ids)} validation "
         f"images, patch {full.patch_size}, {steps_total} steps; skipped {skipped} image(s) "
         f"({len(full.skipped['no_annotations'])} without annotations, "
-        f"{len(full.skipped['other_dims'])} not {parent.spatial_dims}D)",
+        f"{len(full.skipped['other_dims'])} not {parent.spatial_dims}D); parent val loss "
+        + ("n/a" if val_loss is None else f"{val_loss:.4f}"),
+        val_loss=val_loss,
     )
     history: list[dict[str, Any]] = []
     step = 0
-    val_loss: float | None = None
     epoch_loss = float("nan")
     for epoch in range(1, epochs + 1):
         te = time.perf_counter()
         train_ds.set_epoch(epoch)
-        _set_train(net, freeze_norm=freeze_norm)
+        _set_train(net, freeze_norm=settings["freeze_norm"])
         losses = []
         for batch in loader:
             check_cancel()
@@ -511,24 +511,15 @@ def _finetune(
             "weights_sha256": parent.weights.get("sha256") or file_sha256(parent.weights_path),
             "card": str(parent.path) if parent.path is not None else None,
         },
-        "store": str(Path(store.path).resolve()),
-        "rater_mode": rater_mode,
-        "raters": sorted(raters) if raters is not None else "all",
+        "store": str(full.store_path.resolve()),
+        "rater_mode": full.rater_mode,
         "annotations": {"train": train_ds.annotations, "val": val_ds.annotations},
         "n_images": {"train": len(train_ds.image_ids), "val": len(val_ds.image_ids)},
         "skipped": full.skipped,
-        "split": {"val_fraction": val_fraction, "n_val": n_val, "seed": seed, "by": "image"},
-        "epochs": epochs,
+        **settings,
         "steps": steps_total,
-        "lr": lr,
-        "batch_size": batch_size,
-        "patch_size": list(full.patch_size),
-        "samples_per_image": samples_per_image,
-        "foreground_fraction": foreground_fraction,
-        "freeze_norm": freeze_norm,
-        "seed": seed,
-        "device": str(device),
         "optimizer": _OPTIMIZER,
+        "initial_val_loss": None if initial_val_loss is None else round(initial_val_loss, 6),
         "final_train_loss": round(epoch_loss, 6),
         "final_val_loss": None if val_loss is None else round(val_loss, 6),
         "history": history,

@@ -1,0 +1,330 @@
+"""Annotation panel and store reader in a real napari viewer with a real project store on disk:
+versions with metadata, accepted hypotheses, blind mode, autosave and recovery, hostile ids,
+failed saves that lose nothing, agreement, and opening a store with the reader."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from napari_helpers import make_result
+from napari_probseg.store import ProjectStore
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.timeout(180)
+
+from napari_probseg._napari._annotation_widget import AnnotationWidget  # noqa: E402
+
+
+def _notes(kind: str = "ERROR") -> list[str]:
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records if n.severity.name == kind]
+
+
+def _tree(root) -> dict[str, tuple[int, int]]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            st = os.stat(os.path.join(dirpath, name))
+            out[os.path.join(dirpath, name)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _store_with(tmp_path, masks: dict[str, np.ndarray], *, shape=(8, 8), scale=(0.5, 2.0)):
+    store = ProjectStore.create(tmp_path / "p.zarr")
+    store.add_image(
+        np.arange(np.prod(shape), dtype=np.float32).reshape(shape), image_id="img", scale=scale
+    )
+    for rater, mask in masks.items():
+        store.save_annotation("img", rater, mask, role="expert", tools=("brush",))
+    return store
+
+
+def test_create_store_add_image_and_save_two_versions(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    image = np.random.default_rng(0).normal(size=(4, 16, 20)).astype(np.float32)
+    viewer.add_image(image, name="case 1 · T1", scale=(2.0, 0.5, 0.5))
+    panel = AnnotationWidget(viewer)
+    store = panel.open_store(tmp_path / "new.zarr")
+    assert store is not None and (tmp_path / "new.zarr" / "zarr.json").is_file()
+    assert panel.add_image_layer() == "case_1_T1"
+    assert store.image_info("case_1_T1")["scale"] == (2.0, 0.5, 0.5)
+    np.testing.assert_array_equal(store.read_image("case_1_T1")[0], image)
+    assert panel.set_rater("alice", "resident")
+    layer = panel.start_editing("empty")
+    assert layer.name == "case_1_T1 · alice (editing)" and tuple(layer.scale) == (2.0, 0.5, 0.5)
+    assert not layer.data.any()
+
+    layer.mode = "paint"
+    layer.brush_size = 3
+    layer.paint((1, 8, 10), 1)
+    layer.mode = "fill"
+    layer.fill((2, 0, 0), 2)  # flood-fills plane 2's background with label 2
+    assert panel.session.tools == ["brush", "fill"] and panel.session.dirty
+    assert panel.tools_label.text() == "brush, fill"
+    out = panel.save(note="first pass")
+    assert out is not None and out.committed
+    v1 = out.version
+    assert (v1.version, v1.rater, v1.role, v1.note) == (1, "alice", "resident", "first pass")
+    assert v1.tools == ("brush", "fill") and v1.time_spent_s > 0
+    assert v1.source_run is None and v1.extra["origin"] == "empty"
+    mask, record = store.latest("case_1_T1", "alice")
+    np.testing.assert_array_equal(mask, layer.data)
+    assert record == v1
+
+    layer.mode = "erase"
+    layer.paint((1, 8, 10), 0)
+    v2 = panel.save().version
+    assert v2.version == 2 and v2.based_on == 1 and not v2.conflict
+    assert v2.tools == ("brush", "fill", "eraser")
+    assert [v.version for v in store.history("case_1_T1", "alice")] == [1, 2]
+    top = panel.tree.topLevelItem(0)
+    assert top.text(0) == "alice" and top.childCount() == 2
+    assert [top.child(i).text(0) for i in range(2)] == ["v1", "v2"]
+    assert top.child(0).text(3) == "brush, fill" and top.child(0).text(2) == "resident"
+    # any version loads back as a layer with the image's scale
+    panel.tree.setCurrentItem(top.child(0))
+    old = panel.load_selected()
+    assert old.name == "case_1_T1 · alice v1" and tuple(old.scale) == (2.0, 0.5, 0.5)
+    np.testing.assert_array_equal(old.data, store.read_version("case_1_T1", "alice", 1)[0])
+
+
+def _land_run(viewer):
+    from napari_probseg._napari._layers import Placement, prediction_layers
+    from napari_probseg._napari._runner import RunOutput, RunRequest
+    from napari_probseg._napari._session import land
+
+    image, result = make_result(ndim=2)
+    layer = viewer.add_image(image, name="img", scale=tuple(result.scale))
+    placement = Placement("img", tuple(result.scale))
+    output = RunOutput(
+        result=result,
+        layers=prediction_layers(result, placement, quantile=0.1),
+        placement=placement,
+        request=RunRequest(model="synthetic", method="mc_dropout", n_samples=result.n_samples),
+    )
+    assert land(viewer, output, layer) is not None
+    return image, result
+
+
+def test_accepted_hypothesis_records_its_source_run(make_napari_viewer, tmp_path):
+    from napari_probseg._napari._review_widget import ReviewWidget
+
+    viewer = make_napari_viewer()
+    _image, result = _land_run(viewer)
+    review = ReviewWidget(viewer)
+    hyp = review.use_as_annotation(("sample", 6))
+    assert hyp.name == "img · annotation"
+    panel = AnnotationWidget(viewer)
+    panel.open_store(tmp_path / "p.zarr")
+    panel.add_image_layer(layer=viewer.layers["img"])
+    panel.set_rater("carol", "expert")
+    assert panel.start_combo.findText("img · annotation (sample 6)") >= 0
+    layer = panel.start_editing("hypothesis")
+    assert layer is hyp  # the review panel's layer is edited in place
+    layer.mode = "paint"
+    layer.paint((5, 5), 1)
+    v = panel.save().version
+    assert v.tools == ("accepted_hypothesis", "brush")
+    assert v.source_sample == 6
+    assert v.source_run == "mc_dropout-seed0"  # derived from the run's provenance
+    assert v.extra["origin"] == "hypothesis" and v.extra["source_mask"] == "sample 6"
+    assert v.extra["input_signature"] == result.input_signature
+
+
+def test_blind_mode_hides_other_raters_until_own_save(make_napari_viewer, tmp_path):
+    a = np.zeros((8, 8), np.uint8)
+    a[2:6, 2:6] = 1
+    store = _store_with(tmp_path, {"alice": a})
+    viewer = make_napari_viewer()
+    panel = AnnotationWidget(viewer)
+    panel.blind_check.setChecked(False)
+    panel.open_store(store.path)
+    panel.set_rater("bob", "trainee")
+    assert [lay.name for lay in panel.show_raters()] == ["img · alice"]
+    panel.blind_check.setChecked(True)  # blind: alice's layer leaves the viewer
+    assert "img · alice" not in [lay.name for lay in viewer.layers]
+    assert panel.tree.topLevelItemCount() == 0
+    assert panel.show_raters() == []
+    before = len(_notes())
+    assert panel.load_version("alice") is None
+    assert panel.start_editing("consensus") is None
+    assert panel.compute_agreement() is None
+    errors = _notes()[before:]
+    assert len(errors) == 3 and all("blind mode" in e for e in errors)
+    assert "img · alice" not in [lay.name for lay in viewer.layers]
+
+    layer = panel.start_editing("empty")
+    layer.mode = "paint"
+    layer.paint((3, 3), 1)
+    assert panel.save().version.version == 1
+    names = [lay.name for lay in panel.show_raters()]
+    assert names == ["img · alice", "img · bob"]
+    np.testing.assert_array_equal(viewer.layers["img · alice"].data, a)
+    assert panel.tree.topLevelItemCount() == 2
+
+
+def test_autosave_writes_a_draft_recovered_on_reopen(make_napari_viewer, qtbot, tmp_path):
+    store = _store_with(tmp_path, {})
+    viewer = make_napari_viewer()
+    panel = AnnotationWidget(viewer)
+    panel.open_store(store.path)
+    panel.set_rater("dora", "expert")
+    panel.set_autosave_interval(0.05)
+    layer = panel.start_editing("empty")
+    layer.mode = "paint"
+    layer.paint((4, 4), 1)
+    qtbot.waitUntil(lambda: "dora" in store.draft_raters("img"), timeout=10_000)
+    assert panel.policy.drafts_written >= 1 and not panel.session.dirty
+    np.testing.assert_array_equal(store.load_draft("img", "dora")[0], layer.data)
+    expected = np.array(layer.data)
+    panel.timer.stop()  # "crash": the session ends without a save
+
+    viewer2 = make_napari_viewer()
+    panel2 = AnnotationWidget(viewer2)
+    before = len(_notes("INFO"))
+    panel2.open_store(store.path)
+    panel2.set_rater("dora", "expert")
+    assert panel2.draft_available and panel2.recover_button.isVisibleTo(panel2)
+    assert any("autosaved draft" in n for n in _notes("INFO")[before:])
+    assert panel2.start_editing("empty") is None  # the draft is not silently overwritten
+    recovered = panel2.recover_draft()
+    np.testing.assert_array_equal(recovered.data, expected)
+    assert panel2.session.origin == "draft" and panel2.session.tools == ["brush"]
+    v = panel2.save().version
+    assert v.version == 1 and v.tools == ("brush",) and v.extra["recovered_draft"]
+    assert store.draft_raters("img") == []  # the commit retires the draft
+
+
+def test_hostile_rater_id_is_a_notification_and_writes_nothing(make_napari_viewer, tmp_path):
+    store = _store_with(tmp_path, {})
+    viewer = make_napari_viewer()
+    panel = AnnotationWidget(viewer)
+    panel.open_store(store.path)
+    snapshot = _tree(store.path)
+    before = len(_notes())
+    for hostile in ("../../etc/passwd", "alice/../../x", ".hidden", "CON", "a b", ""):
+        assert panel.set_rater(hostile) is None
+    assert panel.rater is None
+    assert panel.save() is None and panel.start_editing() is None
+    assert panel.add_image_layer(layer=viewer.layers["img"], image_id="../img2") is None
+    errors = _notes()[before:]
+    assert len(errors) == 9, errors
+    assert sum("not a valid identifier" in e for e in errors) >= 5
+    assert _tree(store.path) == snapshot
+    assert not (tmp_path / "etc").exists()
+
+
+def test_failed_save_keeps_the_layer_and_the_work(make_napari_viewer, tmp_path):
+    store = _store_with(tmp_path, {"erin": np.zeros((8, 8), np.uint8)})
+    viewer = make_napari_viewer()
+    panel = AnnotationWidget(viewer, recovery_dir=tmp_path / "rescue")
+    panel.open_store(store.path)
+    panel.set_rater("erin", "expert")
+    layer = panel.start_editing("version")
+    layer.mode = "paint"
+    layer.paint((2, 2), 1)
+    # the rater's history is damaged meanwhile (by another tool): commit and draft both fail
+    (store.path / "images" / "img" / "annotations" / "erin" / "zarr.json").write_text("{")
+    before = len(_notes())
+    out = panel.save()
+    assert out is not None and not out.committed
+    errors = _notes()[before:]
+    assert len(errors) == 1 and "saving failed" in errors[0] and "rescue" in errors[0]
+    assert layer in viewer.layers and panel.edit_layer is layer
+    np.testing.assert_array_equal(np.load(out.recovery_path), layer.data)
+
+
+def test_agreement_panel_known_dice_matrix(make_napari_viewer, tmp_path):
+    a = np.zeros((8, 8), np.uint8)
+    a[0, 0:4] = 1
+    b = np.zeros((8, 8), np.uint8)
+    b[0, 0:2] = 1
+    b[1, 0:2] = 1
+    c = np.zeros((8, 8), np.uint8)
+    store = _store_with(tmp_path, {"a": a, "b": b, "c": c})
+    viewer = make_napari_viewer()
+    panel = AnnotationWidget(viewer)
+    panel.blind_check.setChecked(False)
+    panel.open_store(store.path)
+    panel.set_rater("a", "expert")
+    result = panel.compute_agreement()
+    table = [[panel.dice_table.item(i, j).text() for j in range(3)] for i in range(3)]
+    assert table == [
+        ["1.000", "0.500", "0.000"],
+        ["0.500", "1.000", "0.000"],
+        ["0.000", "0.000", "1.000"],
+    ]
+    assert panel.dice_table.horizontalHeaderItem(2).text() == "c"
+    majority = viewer.layers["img · majority vote"]
+    soft = viewer.layers["img · soft consensus"]
+    np.testing.assert_array_equal(majority.data, a & b)
+    assert soft.data.dtype == np.float32 and soft.data[0, 0] == pytest.approx(2 / 3)
+    assert tuple(soft.scale) == (0.5, 2.0) and tuple(majority.scale) == (0.5, 2.0)
+    assert result.disagreement == pytest.approx(6 / 64)
+    assert "9.38% of all voxels" in panel.agree_label.text()
+
+
+def test_reader_opens_a_store_with_one_labels_layer_per_rater(make_napari_viewer, tmp_path):
+    from napari.layers import Image, Labels
+
+    a = np.zeros((8, 8), np.uint8)
+    a[1:4, 1:4] = 1
+    store = _store_with(tmp_path, {"alice": np.zeros((8, 8), np.uint8), "bob": a})
+    store.save_annotation("img", "alice", a * 2, role="expert")  # alice's latest: version 2
+    vol = np.zeros((3, 6, 7), np.uint8)
+    store.add_image(vol, image_id="vol", scale=(3.0, 1.0, 0.5))
+    store.save_annotation("vol", "bob", vol + 1, role="resident")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(store.path), plugin="napari-probseg")
+    names = [lay.name for lay in layers]
+    assert names == ["img", "img · alice", "img · bob", "vol", "vol · bob"]
+    assert [type(lay) for lay in layers] == [Image, Labels, Labels, Image, Labels]
+    np.testing.assert_array_equal(viewer.layers["img · alice"].data, a * 2)
+    assert viewer.layers["img · alice"].metadata["probseg"]["version"] == 2
+    assert tuple(viewer.layers["img · bob"].scale) == (0.5, 2.0)
+    assert tuple(viewer.layers["vol · bob"].scale) == (3.0, 1.0, 0.5)
+    assert viewer.layers["img"].visible and not viewer.layers["vol"].visible
+
+
+def test_reader_and_panel_report_a_newer_store(make_napari_viewer, tmp_path):
+    store = _store_with(tmp_path, {"alice": np.ones((8, 8), np.uint8)})
+    meta_path = store.path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["probseg"]["schema_version"] = 99
+    meta_path.write_text(json.dumps(meta))
+    viewer = make_napari_viewer()
+    before = len(_notes())
+    assert viewer.open(str(store.path), plugin="napari-probseg") == []
+    panel = AnnotationWidget(viewer)
+    assert panel.open_store(store.path) is None and panel.store is None
+    errors = _notes()[before:]
+    assert len(errors) == 2 and all("newer" in e for e in errors)
+    assert len(viewer.layers) == 0
+
+
+def test_damaged_annotation_is_skipped_with_a_notification(make_napari_viewer, tmp_path):
+    a = np.zeros((8, 8), np.uint8)
+    a[1:4, 1:4] = 1
+    store = _store_with(tmp_path, {"alice": a, "bob": a})
+    chunks = sorted((store.path / "images/img/annotations/bob/v000001/c").rglob("*"))
+    next(p for p in chunks if p.is_file()).write_bytes(b"garbage")
+    viewer = make_napari_viewer()
+    before = len(_notes("WARNING"))
+    layers = viewer.open(str(store.path), plugin="napari-probseg")
+    assert [lay.name for lay in layers] == ["img", "img · alice"]
+    warnings = _notes("WARNING")[before:]
+    assert len(warnings) == 1 and "'bob'" in warnings[0] and "v000001" in warnings[0]
+    panel = AnnotationWidget(viewer)
+    panel.blind_check.setChecked(False)
+    panel.open_store(store.path)
+    panel.set_rater("alice")
+    before = len(_notes())
+    assert panel.load_version("bob") is None
+    assert panel.compute_agreement() is None
+    errors = _notes()[before:]
+    assert len(errors) == 2 and all("the store is damaged" in e for e in errors)
