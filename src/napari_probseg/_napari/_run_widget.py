@@ -50,12 +50,24 @@ def _job_with_warm_layers(*args: Any, **kwargs: Any) -> Any:
     worker thread: done on the GUI thread it stalls the first landing for seconds."""
     output = yield from run_job(*args, **kwargs)
     if not _WARM["done"]:
-        from napari.layers import Shapes
-
-        Shapes([np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]])], shape_type="path")
-        Shapes([np.array([[0.0, 0.0], [1.0, 1.0]])], shape_type="rectangle")
+        _warm_napari()
         _WARM["done"] = True
     return output
+
+
+def _warm_napari() -> None:
+    """Trigger napari's numba compilations (shape meshes, direct label colormaps) off the GUI
+    thread; they are cached per process."""
+    from napari.layers import Labels, Shapes
+
+    Shapes([np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]])], shape_type="path")
+    Shapes([np.array([[0.0, 0.0], [1.0, 1.0]])], shape_type="rectangle")
+    for dtype in (np.uint8, np.int32):
+        layer = Labels(np.zeros((2, 2), dtype), colormap={None: "transparent", 1: "red"})
+        try:  # private, warm-up only: harmless if napari changes it
+            layer.colormap._data_to_texture(np.zeros((2, 2), dtype))
+        except (AttributeError, TypeError, ValueError):
+            pass
 
 
 class RunWidget(QWidget):
