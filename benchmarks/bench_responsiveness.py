@@ -21,10 +21,8 @@ PROBE_MS = 10
 GOAL_MS = 100.0
 
 
-def _measure(model: str | None, n_samples: int) -> dict:
+def _setup(model: str | None) -> tuple:
     import napari
-    import numpy as np
-    from qtpy.QtCore import QElapsedTimer, QEventLoop, QTimer
 
     from napari_probseg._napari._demo import choose_model
     from napari_probseg._napari._run_widget import RunWidget
@@ -38,6 +36,13 @@ def _measure(model: str | None, n_samples: int) -> dict:
     key = choose_model(2, model)
     if key not in [c.key for c in widget._models]:
         widget.add_model_card(key)
+    return viewer, widget, key
+
+
+def _measure(viewer, widget, key: str, n_samples: int) -> dict:
+    import numpy as np
+    from qtpy.QtCore import QElapsedTimer, QEventLoop, QTimer
+
     widget.select(image="lesions", model=key, n_samples=n_samples, device="cpu")
 
     clock = QElapsedTimer()
@@ -70,7 +75,7 @@ def _measure(model: str | None, n_samples: int) -> dict:
     probe.start()
     loop.exec()
     probe.stop()
-    viewer.close()
+    widget.run_finished.disconnect(finished)
     out = {"run_s": (done["t"] or time.perf_counter()) - t0, "ok": done.get("ok", False)}
     for phase, values in gaps.items():
         # The first sampling gap is the probe's start-up; the landing gap is the whole landing.
@@ -99,19 +104,24 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run([xvfb, "-a", sys.executable, "-c", code, *argv], check=True, timeout=1800)
         return
     try:
-        res = _measure(model, n)
+        viewer, widget, key = _setup(model)
     except ValueError as exc:  # no bundled model yet
         print(f"responsiveness: skipped ({exc})")
         return
-    print(f"run of N={n} samples: {res['run_s']:.1f} s (result landed: {res['ok']})")
-    for phase in ("sampling", "landing"):
-        r = res[phase]
-        verdict = "ok" if r["max_ms"] <= GOAL_MS else "ABOVE GOAL"
-        print(
-            f"event-loop stall while {phase:8s}: max {r['max_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms, "
-            f"median {r['median_ms']:5.1f} ms over {r['ticks']} probes "
-            f"(goal <= {GOAL_MS:.0f} ms: {verdict}; max/goal = {r['max_ms'] / GOAL_MS:.2f})"
-        )
+    # The first run of a process pays one-time costs (imports, napari's numba JIT for shapes and
+    # label colormaps); it is reported apart from the run the goal is about.
+    for label, n_run in (("first run (one-time JIT/imports)", 2), ("measured run", n)):
+        res = _measure(viewer, widget, key, n_run)
+        print(f"{label}: N={n_run}, {res['run_s']:.1f} s, result landed: {res['ok']}")
+        for phase in ("sampling", "landing"):
+            r = res[phase]
+            verdict = "ok" if r["max_ms"] <= GOAL_MS else "ABOVE GOAL"
+            print(
+                f"  stall while {phase:8s}: max {r['max_ms']:7.1f} ms, p99 {r['p99_ms']:6.1f} ms,"
+                f" median {r['median_ms']:5.1f} ms over {r['ticks']} probes"
+                f" (goal <= {GOAL_MS:.0f} ms: {verdict}; max/goal = {r['max_ms'] / GOAL_MS:.2f})"
+            )
+    viewer.close()
 
 
 if __name__ == "__main__":

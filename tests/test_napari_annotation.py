@@ -328,3 +328,21 @@ def test_damaged_annotation_is_skipped_with_a_notification(make_napari_viewer, t
     assert panel.compute_agreement() is None
     errors = _notes()[before:]
     assert len(errors) == 2 and all("the store is damaged" in e for e in errors)
+
+
+def test_manifest_contributes_the_panel_and_a_store_only_reader(make_napari_viewer, tmp_path):
+    from napari_probseg._napari._store_reader import get_store_reader
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget(
+        "napari-probseg", "Annotate (multi-rater store)"
+    )
+    assert isinstance(widget, AnnotationWidget)
+    plain = tmp_path / "plain.zarr"
+    plain.mkdir()
+    (plain / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    assert get_store_reader(str(plain)) is None  # a zarr group, not a project store
+    assert get_store_reader(str(tmp_path / "missing.zarr")) is None
+    store = _store_with(tmp_path, {})
+    assert callable(get_store_reader(str(store.path)))
+    assert get_store_reader([str(store.path), str(plain)]) is None

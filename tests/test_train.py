@@ -26,7 +26,9 @@ from napari_probseg.training.finetune import finetune, run_finetune
 TINY = [4, 4, 4, 4, 4, 4]
 
 
-def _tiny_card(folder: Path, name: str, *, wrapper: str = "plain", **extra) -> Path:
+def _tiny_card(
+    folder: Path, name: str, *, wrapper: str = "plain", spatial_dims: int = 2, **extra
+) -> Path:
     """Write an untrained tiny 2D BasicUNet card + safetensors (seeded); return the card path."""
     methods = {
         "plain": {"softmax": {"temperature": 1.3}, "mc_dropout": {"p": 0.1}, "tta": {}},
@@ -45,9 +47,9 @@ def _tiny_card(folder: Path, name: str, *, wrapper: str = "plain", **extra) -> P
         weights={"path": f"{name}.safetensors", "format": "safetensors"},
         classes=["background", "lesion"],
         in_channels=1,
-        spatial_dims=2,
+        spatial_dims=spatial_dims,
         normalization={"kind": "zscore"},
-        patch_size=[64, 64],
+        patch_size=[64] * spatial_dims,
         methods=methods,
         default_method=next(iter(methods)) if wrapper != "plain" else "mc_dropout",
     )
@@ -166,6 +168,17 @@ def test_finetune_ssn_and_soft_targets(setup, tmp_path):
     assert soft.card.training["rater_mode"] == "soft" and np.isfinite(soft.train_loss)
 
 
+def test_finetune_3d_model_uses_only_the_volume(setup, tmp_path):
+    root, store_path, _ = setup
+    card3d = _tiny_card(root / "parent", "tiny3d", spatial_dims=3)
+    r = run_finetune(store_path, card3d, out=tmp_path / "ft3d.json", samples_per_image=1)
+    t = r.card.training
+    assert t["annotations"] == {"train": {"vol": {"ann": 1}}, "val": {}}
+    assert t["patch_size"] == [16, 16, 16] and r.val_loss is None
+    assert sorted(t["skipped"]["other_dims"]) == ["empty", "im0", "im1", "im2"]
+    assert r.card.spatial_dims == 3 and np.isfinite(r.train_loss)
+
+
 def test_cancel_raises_and_writes_nothing(setup, tmp_path):
     _, store_path, parent = setup
     stop = threading.Event()
@@ -223,6 +236,7 @@ def test_cli_train_through_main(setup, tmp_path, capsys):
         "1",
         "--rater-mode",
         "majority",
+        "--update-norm",
         "--device",
         "cpu",
         "--json",
@@ -231,6 +245,7 @@ def test_cli_train_through_main(setup, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["card"] == str(out) and summary["parent"]["name"] == "tiny"
     assert summary["images"] == {"train": 2, "val": 1} and summary["rater_mode"] == "majority"
+    assert json.loads(out.read_text())["training"]["freeze_norm"] is False
     assert load_method(out).name == "mc_dropout"
     assert main(argv) == 1  # exists now
     err = capsys.readouterr().err.strip().splitlines()

@@ -131,6 +131,7 @@ class AnnotationWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_sources)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self._refresh_sources()
+        self._check_draft()
         self._update_state()
 
     # ------------------------------------------------------------------ UI

@@ -57,6 +57,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--samples-per-image", type=int, default=4, help="patches per image and epoch (4)"
     )
+    p.add_argument(
+        "--update-norm",
+        action="store_true",
+        help="update batch-norm statistics (default: frozen; updating helps on shifted domains)",
+    )
     p.add_argument("--raters", help="comma-separated raters to use (default: all)")
     p.add_argument("--images", help="comma-separated image ids to use (default: all)")
     p.add_argument("--trust", action="store_true", help="allow models that run code when loaded")
@@ -127,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             image_ids=_split_list(args.images, "images"),
             patch_size=args.patch_size,
             samples_per_image=args.samples_per_image,
+            freeze_norm=not args.update_norm,
             seed=args.seed,
             device=args.device,
             trust=args.trust,

@@ -205,8 +205,9 @@ def finetune(
     foreground_fraction : float
         Probability that a patch is centred on an annotated voxel.
     freeze_norm : bool
-        Keep batch-norm statistics fixed (the usual choice for fine-tuning with small batches);
-        dropout stays active.
+        Keep batch-norm statistics fixed (default: safest with small batches on data like the
+        parent's); ``False`` re-estimates them, which helps when the store's images look
+        different (a shifted domain). Dropout stays active either way.
     seed : int
         Seeds the split, the patches, the raters, the shuffling and torch.
     device : str or torch.device
