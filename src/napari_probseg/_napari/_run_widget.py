@@ -36,7 +36,7 @@ from napari_probseg._napari._choices import (
 )
 from napari_probseg._napari._layers import Placement
 from napari_probseg._napari._runner import RunRequest, run_job
-from napari_probseg._napari._session import land
+from napari_probseg._napari._session import land_stepwise
 
 #: Resolution of the napari progress bar (it counts thousandths of the engine's fraction).
 _PBAR_STEPS = 1000
@@ -90,6 +90,7 @@ class RunWidget(QWidget):
         self.last_error: BaseException | None = None
         self._cancel: threading.Event | None = None
         self._pbar: Any = None
+        self._landing = False
         self._models: list[ModelChoice] = []
 
         self.image_combo = QComboBox()
@@ -238,8 +239,8 @@ class RunWidget(QWidget):
     # ------------------------------------------------------------------ running
     @property
     def running(self) -> bool:
-        """True while a run is in progress."""
-        return self.worker is not None
+        """True while a run is in progress (sampling, or its layers being added)."""
+        return self.worker is not None or self._landing
 
     def run(self) -> Any:
         """Start a run in a napari thread worker; return the worker (None if not started)."""
@@ -323,11 +324,23 @@ class RunWidget(QWidget):
     def _on_returned(self, layer: Image, output: Any) -> None:
         if self._cancel is not None and self._cancel.is_set():
             return  # cancelled after the last check: drop it, as promised
+        self._landing = True
+        self.status.setText("Adding layers…")
+
+        def landed(record: Any) -> None:
+            self._landing = False
+            self.run_button.setEnabled(self.worker is None)
+            self._show_landed(record, output)
+            if self.worker is None:  # the worker finished while the layers were being added
+                self.run_finished.emit(self.last_record)
+
         try:
-            record = land(self.viewer, output, layer)
+            land_stepwise(self.viewer, output, layer, landed)
         except Exception as exc:  # never a traceback dialog: report and keep the viewer usable
+            self._landing = False
             self._on_errored(exc)
-            return
+
+    def _show_landed(self, record: Any, output: Any) -> None:
         self.last_record = record
         if record is not None:
             res = output.result
@@ -358,6 +371,7 @@ class RunWidget(QWidget):
             self._pbar.close()
             self._pbar = None
         self.worker = None
-        self.run_button.setEnabled(True)
+        self.run_button.setEnabled(not self._landing)
         self.cancel_button.setEnabled(False)
-        self.run_finished.emit(self.last_record)
+        if not self._landing:
+            self.run_finished.emit(self.last_record)

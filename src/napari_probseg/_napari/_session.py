@@ -7,6 +7,7 @@ not change meanwhile); the review panel listens to :attr:`Session.changed` to sh
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,41 +91,97 @@ def is_stale(image_layer: Any, result: Any) -> bool:
     return image_signature(np.asarray(image_layer.data)) != result.input_signature
 
 
+def _check_landing(viewer: Any, output: RunOutput, image_layer: Any) -> bool:
+    """Return True if ``output`` may land on ``image_layer`` (warn and return False otherwise)."""
+    from napari.utils.notifications import show_warning
+
+    if image_layer not in viewer.layers:
+        show_warning(f"probseg: '{image_layer.name}' was removed during the run; result dropped.")
+        return False
+    if is_stale(image_layer, output.result):
+        show_warning(
+            f"probseg: '{image_layer.name}' changed during the run; the result was dropped "
+            "(run again on the current image)."
+        )
+        return False
+    return True
+
+
+def _finish(viewer: Any, record: RunRecord) -> RunRecord:
+    if "regions" in record.layers:
+        record.regions = record.layers["regions"].metadata["probseg"]["regions"]
+    if record.image_layer in viewer.layers:
+        viewer.layers.selection.active = record.image_layer
+    get_session(viewer).add(record)
+    return record
+
+
 def land(viewer: Any, output: RunOutput, image_layer: Any) -> RunRecord | None:
     """Add a finished run's layers to ``viewer``, replacing an earlier run on the same image.
 
     Returns None (and adds nothing) when the image layer was removed or its data changed since the
     run started: a late result never lands on another image.
     """
-    from napari.utils.notifications import show_warning
-
-    if image_layer not in viewer.layers:
-        show_warning(f"probseg: '{image_layer.name}' was removed during the run; result dropped.")
-        return None
-    if is_stale(image_layer, output.result):
-        show_warning(
-            f"probseg: '{image_layer.name}' changed during the run; the result was dropped "
-            "(run again on the current image)."
-        )
+    if not _check_landing(viewer, output, image_layer):
         return None
     remove_run_layers(viewer, output.placement.image_name)
     record = RunRecord(output=output, image_layer=image_layer, quantile=output.request.quantile)
-    for data, kwargs, kind in output.layers:
-        layer = create_layer(data, kwargs, kind)
-        viewer.layers.append(layer)
+    with viewer.layers.batched_update():
+        for data, kwargs, kind in output.layers:
+            layer = create_layer(data, kwargs, kind)
+            viewer.layers.append(layer)
+            record.layers[kwargs["metadata"]["probseg"]["what"]] = layer
+    return _finish(viewer, record)
+
+
+def land_stepwise(
+    viewer: Any, output: RunOutput, image_layer: Any, done: Callable[[RunRecord | None], None]
+) -> None:
+    """Like :func:`land`, but add one layer per turn of the Qt event loop, then call ``done``.
+
+    Adding a layer builds its controls and GPU visual (tens to hundreds of milliseconds each);
+    spreading them keeps the viewer responsive while a run's ~15 layers appear.
+    """
+    from napari.utils.notifications import show_error
+    from qtpy.QtCore import QTimer
+
+    if not _check_landing(viewer, output, image_layer):
+        done(None)
+        return
+    remove_run_layers(viewer, output.placement.image_name)
+    record = RunRecord(output=output, image_layer=image_layer, quantile=output.request.quantile)
+    pending = list(output.layers)
+
+    def step() -> None:
+        if not pending:
+            done(_finish(viewer, record))
+            return
+        data, kwargs, kind = pending.pop(0)
+        try:
+            layer = create_layer(data, kwargs, kind)
+            viewer.layers.append(layer)
+        except Exception as exc:  # report, never a traceback dialog; keep what landed
+            show_error(f"probseg: could not add layer {kwargs.get('name')!r}: {exc}")
+            done(None)
+            return
         record.layers[kwargs["metadata"]["probseg"]["what"]] = layer
-    if "regions" in record.layers:
-        record.regions = record.layers["regions"].metadata["probseg"]["regions"]
-    viewer.layers.selection.active = image_layer
-    get_session(viewer).add(record)
-    return record
+        QTimer.singleShot(0, step)
+
+    step()
 
 
 def remove_run_layers(viewer: Any, image_name: str) -> None:
     """Remove the layers an earlier run produced for ``image_name`` (never annotations)."""
+    old = []
     for layer in list(viewer.layers):
         meta = layer.metadata.get("probseg") if isinstance(layer.metadata, dict) else None
         if meta and meta.get("image") == image_name and meta.get("what") != _REPLACED:
+            old.append(layer)
+    if not old:
+        return
+    # One batch: napari cleans the scene graph (with a full gc.collect) once, not per layer.
+    with viewer.layers.batched_update():
+        for layer in old:
             viewer.layers.remove(layer)
 
 
