@@ -1,0 +1,169 @@
+"""``probseg evaluate`` / ``probseg calibrate`` on real stores (in-process and as subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_probseg.cli import main
+from napari_probseg.store import ProjectStore
+
+SHAPE = (32, 32)
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    """Two images, three raters, one hand-made run each (samples = the raters)."""
+    path = tmp_path / "p.zarr"
+    s = ProjectStore.create(path, class_names=["background", "lesion"])
+    rng = np.random.default_rng(0)
+    masks = []
+    for lo, hi in [(8, 20), (8, 22), (10, 20)]:
+        m = np.zeros(SHAPE, np.uint8)
+        m[lo:hi, lo:hi] = 1
+        masks.append(m)
+    m = np.stack(masks)
+    f = m.mean(0)
+    for iid in ("a", "b"):
+        s.add_image(rng.normal(size=SHAPE).astype(np.float32), image_id=iid)
+        for j in range(3):
+            s.save_annotation(iid, f"r{j}", m[j], role="expert")
+        s.save_prediction(
+            iid,
+            {"samples": m, "probs": np.stack([1 - f, f])},
+            {"method": "hand", "source": ["latent"]},
+            run_id="hand",
+        )
+    return path
+
+
+def test_table_by_default(store_path, capsys):
+    assert main(["evaluate", str(store_path)]) == 0
+    out = capsys.readouterr().out
+    assert "reference: majority" in out and "GED16" in out and "HM-IoU16" in out
+    assert out.count("\nhand ") == 0 and "a        hand" in out
+    assert "AURC over 2 images" in out
+
+
+def test_json_schema(store_path, capsys):
+    assert main(["evaluate", str(store_path), "--json", "--reference", "soft", "--run", "hand"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["reference"]["mode"] == "soft"
+    assert [i["image_id"] for i in data["images"]] == ["a", "b"]
+    img = data["images"][0]
+    assert img["metrics"]["ged"] == pytest.approx(0.0, abs=1e-12)
+    assert img["metrics"]["hm_iou"] == pytest.approx(1.0)
+    assert img["metrics"]["ece"] == pytest.approx(0.0, abs=1e-6)
+    assert img["method"] == "hand" and img["source"] == ["latent"] and img["n_samples"] == 3
+    assert data["dataset"]["calibration"]["n_pixels"] == 2 * 32 * 32
+    assert data["dataset"]["means"]["ncc"]["n_nan"] == 0
+    assert data["settings"]["n_samples"] == 16 and data["plots"] == []
+
+
+@pytest.mark.parametrize("reference", ["majority", "soft", "rater:r2", "all"])
+def test_reference_modes(store_path, capsys, reference):
+    assert main(["evaluate", str(store_path), "--json", "--reference", reference]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["reference"]["mode"] == reference
+    assert data["dataset"]["n_images"] == 2
+
+
+def test_plots(store_path, tmp_path, capsys):
+    plots = tmp_path / "plots"
+    assert main(["evaluate", str(store_path), "--plots", str(plots), "--images", "a"]) == 0
+    assert "plots: 6 files" in capsys.readouterr().out
+    for stem in ("reliability", "ged_vs_n", "rater_ablation"):
+        for ext in ("png", "svg"):
+            assert (plots / f"{stem}.{ext}").stat().st_size > 1000
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "napari_probseg.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--reference", "median"], "reference: expected one of"),
+        (["--images", "zz"], "image_ids: no image 'zz'"),
+        (["--run", "nope"], "store: nothing to evaluate"),
+        (["--n-bins", "0"], "n_bins"),
+        (["--predict", "nocolon"], "predict: expected MODEL:METHOD"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_line(store_path, args, message):
+    proc = _run("evaluate", str(store_path), *args)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("probseg evaluate: error:") and message in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_store_exits_nonzero(tmp_path):
+    proc = _run("evaluate", str(tmp_path / "nothing.zarr"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"probseg evaluate: error: store: {tmp_path / 'nothing.zarr'} is not a project store"
+    ]
+
+
+def test_predict_then_evaluate_and_calibrate(store_path, tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from napari_probseg.models import ModelCard, resolve_card
+    from napari_probseg.models.networks import build_network
+
+    d = tmp_path / "models"
+    d.mkdir()
+    card = ModelCard.from_dict(
+        {
+            "name": "tiny2d",
+            "architecture": {
+                "wrapper": "plain",
+                "network": "BasicUNet",
+                "args": {"features": [4, 4, 4, 4, 4, 4], "dropout": 0.2},
+                "dropout_mode": "channel",
+            },
+            "weights": {"path": "tiny2d.safetensors", "format": "safetensors"},
+            "classes": ["background", "lesion"],
+            "in_channels": 1,
+            "spatial_dims": 2,
+            "normalization": {"kind": "zscore"},
+            "patch_size": [32, 32],
+            "methods": {"softmax": {}, "mc_dropout": {"p": 0.2}},
+            "default_method": "mc_dropout",
+        }
+    )
+    torch.manual_seed(0)
+    state = {k: v.contiguous() for k, v in build_network(card).state_dict().items()}
+    save_file(state, str(d / "tiny2d.safetensors"))
+    card.save(d / "tiny2d.json")
+    args = ["evaluate", str(store_path), "--predict", f"{d / 'tiny2d.json'}:mc_dropout"]
+    assert main([*args, "-n", "3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {i["method"] for i in data["images"]} == {"mc_dropout"}
+    assert data["images"][0]["n_samples"] == 3
+    assert data["images"][0]["meanings"]["mutual_information"] == "epistemic"
+    # the runs stay in the store: the latest run of each image is now the prediction
+    assert main(["evaluate", str(store_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"]["methods"] == ["mc_dropout"]
+
+    out = tmp_path / "cal" / "tiny-cal.json"
+    assert main(["calibrate", str(store_path), "--model", str(d / "tiny2d.json"), "--out", str(out)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "temperature: 1 ->" in text and "ECE:" in text
+    assert resolve_card(out).methods["softmax"]["temperature"] > 0
+    # a second run without --overwrite refuses; a card without softmax is refused
+    assert main(["calibrate", str(store_path), "--model", str(d / "tiny2d.json"), "--out", str(out)]) == 1  # fmt: skip
+    assert "exists" in capsys.readouterr().err
