@@ -11,7 +11,7 @@ APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv apt demo test bench lint validate screenshots train clean
+.PHONY: venv apt demo test bench lint validate screenshots train results clean
 
 venv: apt $(STAMP)
 
@@ -54,6 +54,9 @@ validate: venv
 
 train: venv
 	$(PY) -m napari_probseg.training.demo
+
+results: venv
+	$(PY) -m napari_probseg.evaluation.results
 
 screenshots: venv
 	$(PY) -m napari_probseg._napari.screenshots docs

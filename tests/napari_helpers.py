@@ -45,7 +45,7 @@ def make_result(
     radius = 8.0 if ndim == 2 else 6.0
     if two_objects:
         shape = (40, 96) if ndim == 2 else (6, 32, 80)
-    center = tuple(s / 2 for s in shape[:-1]) + (radius + 8,)
+    center = (*tuple(s / 2 for s in shape[:-1]), radius + 8)
     centers = [[(*center[:-1], center[-1] + s)] for s in shifts]
     if two_objects:
         far = shape[-1] - radius - 10

@@ -50,7 +50,9 @@ def test_table_by_default(store_path, capsys):
 
 
 def test_json_schema(store_path, capsys):
-    assert main(["evaluate", str(store_path), "--json", "--reference", "soft", "--run", "hand"]) == 0
+    assert (
+        main(["evaluate", str(store_path), "--json", "--reference", "soft", "--run", "hand"]) == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["reference"]["mode"] == "soft"
     assert [i["image_id"] for i in data["images"]] == ["a", "b"]
@@ -160,10 +162,11 @@ def test_predict_then_evaluate_and_calibrate(store_path, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["dataset"]["methods"] == ["mc_dropout"]
 
     out = tmp_path / "cal" / "tiny-cal.json"
-    assert main(["calibrate", str(store_path), "--model", str(d / "tiny2d.json"), "--out", str(out)]) == 0  # fmt: skip
+    cal = ["calibrate", str(store_path), "--model", str(d / "tiny2d.json"), "--out", str(out)]
+    assert main(cal) == 0
     text = capsys.readouterr().out
     assert "temperature: 1 ->" in text and "ECE:" in text
     assert resolve_card(out).methods["softmax"]["temperature"] > 0
-    # a second run without --overwrite refuses; a card without softmax is refused
-    assert main(["calibrate", str(store_path), "--model", str(d / "tiny2d.json"), "--out", str(out)]) == 1  # fmt: skip
+    # a second run without --overwrite refuses
+    assert main(cal) == 1
     assert "exists" in capsys.readouterr().err

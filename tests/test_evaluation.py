@@ -54,9 +54,7 @@ def _soft(masks: np.ndarray) -> np.ndarray:
 
 
 def _pairwise_dice(masks: np.ndarray) -> float:
-    vals = [
-        2 * np.sum(a & b) / (a.sum() + b.sum()) for a, b in combinations(masks.astype(bool), 2)
-    ]
+    vals = [2 * np.sum(a & b) / (a.sum() + b.sum()) for a, b in combinations(masks.astype(bool), 2)]
     return float(np.mean(vals))
 
 
@@ -174,22 +172,22 @@ def test_latest_run_by_default_and_run_selects(store):
 
 
 def test_bad_input_raises_naming_the_argument(store):
-    with pytest.raises(ValueError, match="^store: nothing to evaluate"):
+    with pytest.raises(ValueError, match=r"^store: nothing to evaluate"):
         evaluate_store(store)
     m = _raters()
     store.save_prediction("a", {"samples": m, "probs": _soft(m)})
-    with pytest.raises(ValueError, match="^image_ids: 'b' has no prediction run"):
+    with pytest.raises(ValueError, match=r"^image_ids: 'b' has no prediction run"):
         evaluate_store(store, image_ids=["a", "b"])
-    with pytest.raises(ValueError, match="^image_ids: no image 'zz'"):
+    with pytest.raises(ValueError, match=r"^image_ids: no image 'zz'"):
         evaluate_store(store, image_ids=["zz"])
-    with pytest.raises(ValueError, match="^reference:"):
+    with pytest.raises(ValueError, match=r"^reference:"):
         evaluate_store(store, reference="median")
-    with pytest.raises(ValueError, match="^image_ids: 'a' has no annotation by rater 'x'"):
+    with pytest.raises(ValueError, match=r"^image_ids: 'a' has no annotation by rater 'x'"):
         evaluate_store(store, image_ids=["a"], reference="rater:x")
-    with pytest.raises(ValueError, match="^n_bins"):
+    with pytest.raises(ValueError, match=r"^n_bins"):
         evaluate_store(store, n_bins=0)
     assert parse_reference("rater:r0") == ("rater", "r0")
-    with pytest.raises(ValueError, match="^reference"):
+    with pytest.raises(ValueError, match=r"^reference"):
         parse_reference("rater:")
 
 
@@ -298,7 +296,7 @@ def test_predict_store_saves_engine_runs_that_load_and_evaluate(store, tmp_path)
     other = np.zeros(SHAPE, np.float32)
     res = engine.run_prediction(other, load_method(card.path, "softmax"), n_samples=1)
     save_run(store, "a", res, run_id="stale")
-    with pytest.raises(ValueError, match="^run: run 'stale' of 'a' was computed from another"):
+    with pytest.raises(ValueError, match=r"^run: run 'stale' of 'a' was computed from another"):
         evaluate_store(store, run="stale", image_ids=["a"])
 
 
@@ -334,7 +332,8 @@ def test_calibrate_card_recovers_t_and_writes_loadable_card(tmp_path):
         q = np.exp(np.log(np.clip(p, 1e-30, 1)) / t_true)
         q /= q.sum(0)
         for r in range(4):  # raters drawn from the tempered distribution
-            s.save_annotation(f"i{i}", f"r{r}", (rng.random(img.shape) < q[1]).astype(np.uint8), role="expert")  # fmt: skip
+            mask = (rng.random(img.shape) < q[1]).astype(np.uint8)
+            s.save_annotation(f"i{i}", f"r{r}", mask, role="expert")
     out = tmp_path / "cards" / "cal.json"
     rep = calibrate_card(s, card.path, out, reference="all")
     assert rep.temperature == pytest.approx(t_true, rel=0.15)
@@ -347,5 +346,5 @@ def test_calibrate_card_recovers_t_and_writes_loadable_card(tmp_path):
     assert new.metrics["temperature_scaling"]["ece_after"] == pytest.approx(rep.ece_after)
     m = load_method(new, "softmax")  # weights resolve from the new folder (relinked path)
     assert m.temperature == pytest.approx(rep.temperature, rel=1e-5)
-    with pytest.raises(ValueError, match="^out: .* exists"):
+    with pytest.raises(ValueError, match=r"^out: .* exists"):
         calibrate_card(s, card.path, out)

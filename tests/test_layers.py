@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from napari_helpers import make_result
 
+from napari_helpers import make_result
 from napari_probseg._napari._layers import (
     VISIBLE,
     Placement,
@@ -33,7 +33,7 @@ def test_highlight_mask_keeps_the_top_share_and_never_zero():
     assert mask.sum() == 5 and mask.ravel()[-5:].all()
     flat = np.zeros((4, 4))
     assert highlight_mask(flat, 0.5).sum() == 0  # nothing uncertain: nothing highlighted
-    with pytest.raises(ValueError, match="^quantile"):
+    with pytest.raises(ValueError, match=r"^quantile"):
         highlight_mask(umap, 0.0)
 
 
@@ -85,7 +85,7 @@ def test_layers_names_meanings_visibility_and_scale(source, method, mi_name):
     by = _by_what(layers)
     visible = {w for w, (_, kw, _) in by.items() if kw["visible"]}
     assert visible == set(VISIBLE)
-    for what, (data, kw, _) in by.items():
+    for what, (_, kw, _) in by.items():
         meta = kw["metadata"]["probseg"]
         assert meta["input_signature"] == result.input_signature
         assert meta["image"] == "img" and meta["n_samples"] == 8
@@ -93,7 +93,7 @@ def test_layers_names_meanings_visibility_and_scale(source, method, mi_name):
         assert tuple(kw["scale"]) == expected, what
     data, kw, kind = by["hypotheses"]
     assert kind == "labels" and data.shape == (8, 40, 48) and kw["_post"]["contour"] > 0
-    paths, kw, kind = by["contours"]
+    _paths, kw, kind = by["contours"]
     assert kind == "shapes" and kw["shape_type"] == "path"
     assert sorted(set(kw["features"]["sample"].tolist())) == list(range(8))
     assert by["mean_probability"][1]["contrast_limits"] == (0.0, 1.0)
@@ -127,9 +127,9 @@ def test_regions_layer_2d_rectangles_and_3d_points():
 
 def test_placement_must_match_the_samples():
     _, result = make_result()
-    with pytest.raises(ValueError, match="^placement"):
+    with pytest.raises(ValueError, match=r"^placement"):
         prediction_layers(result, Placement("img", (1.0, 1.0, 1.0)))
-    with pytest.raises(ValueError, match="^translate"):
+    with pytest.raises(ValueError, match=r"^translate"):
         Placement("img", (1.0, 1.0), (0.0,))
 
 
@@ -146,9 +146,9 @@ def test_annotation_layer_is_a_copy_with_its_origin():
     assert result.samples[7].any()  # editing the annotation never touches the run
     meta = kw["metadata"]["probseg"]
     assert meta["origin"] == "sample 7" and meta["input_signature"] == result.input_signature
-    with pytest.raises(ValueError, match="^index"):
+    with pytest.raises(ValueError, match=r"^index"):
         annotation_layer(record, "sample", 8)
-    with pytest.raises(ValueError, match="^kind"):
+    with pytest.raises(ValueError, match=r"^kind"):
         annotation_layer(record, "mean", None)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari_helpers import make_result
 
+from napari_helpers import make_result
 from napari_probseg._napari._layers import Placement, prediction_layers
 from napari_probseg._napari._regions_nav import region_view
 from napari_probseg._napari._review_widget import ReviewWidget

@@ -26,9 +26,11 @@ def choose_model(ndim: int, model: str | None = None) -> str:
 
     if model:
         return model
-    for choice in bundled_choices():
-        if choice.spatial_dims == ndim:
-            return choice.key
+    fits = [c for c in bundled_choices() if c.spatial_dims == ndim]
+    # Prefer the plain U-Net with MC dropout (the cheapest, best-known method), then any.
+    fits.sort(key=lambda c: (c.methods[:1] != ("mc_dropout",), c.label))
+    if fits:
+        return fits[0].key
     raise ValueError(
         f"model: no bundled {ndim}D model found (run `make train`), or pass --model CARD.json"
     )

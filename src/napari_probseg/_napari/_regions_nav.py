@@ -109,7 +109,7 @@ def go_to_region(viewer: Any, record: Any, index: int) -> RegionView | None:
 
 def region_plane(record: Any, index: int) -> int:
     """Plane (voxel index) a 3D region is shown on: its centroid's, rounded."""
-    return int(round(float(record.regions["centroid"][index][0])))
+    return round(float(record.regions["centroid"][index][0]))
 
 
 def _outline(viewer: Any, record: Any, view: RegionView, index: int) -> None:

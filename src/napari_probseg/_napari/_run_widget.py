@@ -102,7 +102,9 @@ class RunWidget(QWidget):
         self.samples_spin = QSpinBox()
         self.samples_spin.setRange(1, 1024)
         self.samples_spin.setValue(16)
-        self.samples_spin.setToolTip("Number of hypotheses N (results depend on it; it is recorded)")
+        self.samples_spin.setToolTip(
+            "Number of hypotheses N (results depend on it; it is recorded)"
+        )
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setToolTip("Same seed, model and N give the same hypotheses")
@@ -246,7 +248,10 @@ class RunWidget(QWidget):
         """Start a run in a napari thread worker; return the worker (None if not started)."""
         if self.running:
             return None
-        layer = next((lay for lay in self._image_layers() if lay.name == self.image_combo.currentText()), None)
+        layer = next(
+            (lay for lay in self._image_layers() if lay.name == self.image_combo.currentText()),
+            None,
+        )
         choice = self.current_model()
         if layer is None or choice is None or not self.method_combo.currentText():
             show_error("probseg: choose an image layer, a model and a method first.")
@@ -311,7 +316,7 @@ class RunWidget(QWidget):
             return
         if self._cancel is not None and self._cancel.is_set():
             return  # queued events of a cancelled run
-        target = int(round(max(0.0, min(1.0, float(event.fraction))) * _PBAR_STEPS))
+        target = round(max(0.0, min(1.0, float(event.fraction))) * _PBAR_STEPS)
         if target > self._pbar.n:
             self._pbar.update(target - self._pbar.n)
         text = (

@@ -34,7 +34,7 @@ from napari_probseg.core.aggregate import AGGREGATIONS, aggregate
 from napari_probseg.core.calibration import CalibrationAccumulator, adaptive_ece
 from napari_probseg.core.introspection import aurc, dice_risk, pavpu
 from napari_probseg.core.observer import ged, hm_iou, observer_metrics, summarize
-from napari_probseg.core.structure import consensus, pairwise_dice, volume_cov
+from napari_probseg.core.structure import pairwise_dice, volume_cov
 from napari_probseg.core.uncertainty import entropy
 from napari_probseg.evaluation._runs import RunData, load_run
 

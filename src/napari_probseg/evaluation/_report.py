@@ -75,7 +75,9 @@ def format_table(evaluation: Any) -> str:
     )
     nan = {h: ev.means[k].n_nan for k, h in COLUMNS if ev.means[k].n_nan}
     if nan:
-        lines.append("NaN values skipped in the means: " + ", ".join(f"{h} {n}" for h, n in nan.items()))
+        lines.append(
+            "NaN values skipped in the means: " + ", ".join(f"{h} {n}" for h, n in nan.items())
+        )
     cal = ev.calibration
     lines += [
         "",

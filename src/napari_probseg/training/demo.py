@@ -55,7 +55,8 @@ SPECS: list[dict[str, Any]] = [
         "extra": {},
         "methods": {"softmax": {}, "mc_dropout": {}, "tta": dict(TTA), "laplace": {}},
         "default": "mc_dropout",
-        "steps": 400,
+        "steps": 200,
+        "dropout": 0.25,
     },
     {
         "name": "lesions2d-ensemble",
@@ -64,7 +65,7 @@ SPECS: list[dict[str, Any]] = [
         "extra": {"members": 4},
         "methods": {"ensemble": {"selection": "cycle"}, "tta": dict(TTA)},
         "default": "ensemble",
-        "steps": 150,
+        "steps": 80,
     },
     {
         "name": "lesions2d-ssn",
@@ -73,7 +74,7 @@ SPECS: list[dict[str, Any]] = [
         "extra": {"rank": 10},
         "methods": {"ssn": {}, "tta": dict(TTA)},
         "default": "ssn",
-        "steps": 400,
+        "steps": 250,
     },
     {
         "name": "lesions2d-prob-unet",
@@ -82,7 +83,7 @@ SPECS: list[dict[str, Any]] = [
         "extra": {"latent_dim": 6, "encoder_channels": [8, 16, 32, 32]},
         "methods": {"prob_unet": {}, "tta": dict(TTA)},
         "default": "prob_unet",
-        "steps": 400,
+        "steps": 250,
     },
     {
         "name": "lesions3d-unet",
@@ -91,7 +92,8 @@ SPECS: list[dict[str, Any]] = [
         "extra": {},
         "methods": {"softmax": {}, "mc_dropout": {}, "tta": dict(TTA)},
         "default": "mc_dropout",
-        "steps": 150,
+        "steps": 80,
+        "dropout": 0.25,
     },
     {
         "name": "lesions3d-ssn",
@@ -100,9 +102,11 @@ SPECS: list[dict[str, Any]] = [
         "extra": {"rank": 8},
         "methods": {"ssn": {}, "tta": dict(TTA)},
         "default": "ssn",
-        "steps": 150,
+        "steps": 80,
     },
 ]
+# Channel dropout of the bodies (default). The plain U-Nets (MC dropout) set 0.25: with 0.1 the masks
+# barely disagreed and the mean MI did not rise on the shifted domain (0.0065 -> 0.0057).
 DROPOUT = 0.1
 DATA = {  # n_train, n_val, n_test, seeds, batch, patch
     2: {"n": (64, 12, 12), "seeds": (1000, 2000, 3000), "batch": 6, "patch": (48, 48)},
@@ -138,7 +142,7 @@ def _card(spec: dict[str, Any], norm: dict[str, Any]) -> ModelCard:
         "network": "BasicUNet",
         "args": {
             "features": FEATURES_2D if ndim == 2 else FEATURES_3D,
-            "dropout": DROPOUT,
+            "dropout": spec.get("dropout", DROPOUT),
             "norm": "batch",
         },
         "dropout_mode": "channel",
@@ -171,7 +175,7 @@ def _fit_extras(
         card.methods["softmax"]["fitted_on"] = "validation set, NLL against every rater"
         _log(f"  temperature {t:.3f}")
     if "mc_dropout" in card.methods:
-        card.methods["mc_dropout"]["p"] = DROPOUT
+        card.methods["mc_dropout"]["p"] = card.architecture["args"]["dropout"]
     if "laplace" in card.methods:
         batches = [train.x[i : i + 8] for i in range(0, len(train.x), 8)]
         curv = fit_diag_ggn(net, batches)
@@ -198,7 +202,7 @@ def train_one(spec: dict[str, Any], out: Path, *, scale: float, data: dict[int, 
     torch.manual_seed(cfg["seeds"][0])
     net = build_network(card)
     steps = max(2, round(spec["steps"] * scale))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     logs = []
     for m, member in enumerate(member_nets(net)):
         logs.append(
@@ -223,6 +227,8 @@ def train_one(spec: dict[str, Any], out: Path, *, scale: float, data: dict[int, 
         "optimizer": "Adam, cosine decay, grad-norm clip 5",
         "runs": logs,
         "seconds": round(time.perf_counter() - t0, 1),
+        # CPU time of all threads: on a shared machine seconds / threads estimates dedicated cores
+        "cpu_seconds": round(time.process_time() - cpu0, 1),
         "torch_threads": torch.get_num_threads(),
     }
     metrics: dict[str, Any] = {
