@@ -39,3 +39,20 @@ def test_bundled_model_samples_every_method(name):
         assert m.describe()["card_sha256"] == card.sha256
     if "softmax" in card.methods:
         assert card.methods["softmax"]["temperature"] > 0
+
+
+@pytest.mark.slow
+def test_demo_trains_a_loadable_model(tmp_path):
+    """`python -m napari_probseg.training.demo` end to end on a few steps (card, weights, metrics)."""
+    from napari_probseg.models import ModelCard
+    from napari_probseg.training import demo
+
+    assert demo.main(["--out", str(tmp_path), "--only", "lesions2d-ssn", "--scale", "0.005"]) == 0
+    card = ModelCard.load(tmp_path / "lesions2d-ssn.json")
+    assert card.training["runs"][0]["steps"] == 3
+    assert card.training["cpu_seconds"] > 0
+    ssn = card.metrics["ssn"]
+    assert 0 <= ssn["dice_consensus_vs_majority"] <= 1 and 0 <= ssn["ged16"] <= 2
+    m = load_method(tmp_path / "lesions2d-ssn.json")
+    p = m.sample(torch.zeros(1, 1, 16, 16), 2, generator=torch.Generator().manual_seed(0))
+    assert p.shape == (2, 2, 16, 16)

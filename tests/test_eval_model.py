@@ -1,4 +1,4 @@
-"""Qt-free logic of the researcher panels (napari_probseg._napari._eval_model): references, rater
+"""Qt-free logic of the researcher panels (_napari._eval_model, _eval_observer): references, rater
 layers, calibration of an image and of a real store, temperature, observer metrics, conformal
 bands, the reliability diagram on an Agg figure. Known answers from the definitions."""
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_probseg._napari import _eval_model as em
+from napari_probseg._napari import _eval_observer as eo
 from napari_probseg.metrics import ConformalBands, calibration, ged, hm_iou, ncc
 from napari_probseg.store import ProjectStore
 
@@ -45,11 +46,11 @@ def test_references_follow_their_definitions():
     np.testing.assert_array_equal(soft.hard, maj.labels)  # soft keeps the majority for fits
     one = em.make_reference(RATERS, kind="rater", rater="r2")
     assert one.description == "rater 'r2'" and one.raters == ["r2"]
-    with pytest.raises(ValueError, match="^rater:"):
+    with pytest.raises(ValueError, match=r"^rater:"):
         em.make_reference(RATERS, kind="rater", rater="nobody")
-    with pytest.raises(ValueError, match="^masks:.*rater layers or open a store"):
+    with pytest.raises(ValueError, match=r"^masks:.*rater layers or open a store"):
         em.make_reference({}, kind="majority")
-    with pytest.raises(ValueError, match="^kind:"):
+    with pytest.raises(ValueError, match=r"^kind:"):
         em.make_reference(RATERS, kind="mean")
 
 
@@ -146,14 +147,14 @@ def test_store_calibration_pools_pixels_and_lists_skipped(store):
 def test_store_calibration_without_usable_images_says_what_to_do(tmp_path):
     s = ProjectStore.create(tmp_path / "e.zarr")
     s.add_image(np.zeros(SHAPE, np.float32), image_id="x")
-    with pytest.raises(ValueError, match="^store: no image has both"):
+    with pytest.raises(ValueError, match=r"^store: no image has both"):
         em.store_calibration(s)
 
 
 def test_observer_report_equals_core_metrics():
     rng = np.random.default_rng(2)
     samples = np.stack([_box(int(lo), int(lo) + 10) for lo in rng.integers(4, 10, size=6)])
-    rep = em.observer_report(samples, RATERS, n_samples=16)
+    rep = eo.observer_report(samples, RATERS, n_samples=16)
     refs = np.stack(list(RATERS.values()))
     assert rep.metrics.ged.ged == pytest.approx(ged(samples, refs).ged)
     assert rep.metrics.hm_iou.hm_iou == pytest.approx(hm_iou(samples, refs).hm_iou)
@@ -162,18 +163,18 @@ def test_observer_report_equals_core_metrics():
     assert rep.volume_cov == pytest.approx(vols.std() / vols.mean())
     text = rep.text()
     assert "N = 6 of 6 samples vs M = 3 raters" in text and "self-pairs included" in text
-    unb = em.observer_report(samples, RATERS, unbiased=True)
+    unb = eo.observer_report(samples, RATERS, unbiased=True)
     assert unb.metrics.ged.ged == pytest.approx(ged(samples, refs, unbiased=True).ged)
     assert "self-pairs excluded" in unb.text()
     json.dumps(rep.to_dict(), allow_nan=False)
-    with pytest.raises(ValueError, match="^masks:"):
-        em.observer_report(samples, {})
+    with pytest.raises(ValueError, match=r"^masks:"):
+        eo.observer_report(samples, {})
 
 
 def test_conformal_report_matches_bands_and_holds_out():
     pairs = [(_probs(i), RATERS[f"r{i % 2}"]) for i in range(6)]
     current = _probs(9)
-    rep = em.conformal_report(pairs, current, alpha=0.3, calibration_from="test")
+    rep = eo.conformal_report(pairs, current, alpha=0.3, calibration_from="test")
     bands = ConformalBands.calibrate([p for p, _ in pairs], [y for _, y in pairs], alpha=0.3)
     assert rep.bands == bands and rep.coverage is None
     inner, outer = bands.apply(1 - current[0])
@@ -181,19 +182,19 @@ def test_conformal_report_matches_bands_and_holds_out():
     np.testing.assert_array_equal(rep.inner, inner)
     assert (rep.inner <= rep.outer).all() and rep.outer.sum() > rep.inner.sum() > 0
     assert "no held-out data" in rep.text()
-    held = em.conformal_report(
+    held = eo.conformal_report(
         pairs, current, alpha=0.3, heldout=[(current, RATERS["r0"])], heldout_from="current",
         holdout_share=0.5,
     )  # fmt: skip
     assert held.bands.n_calibration == 3 and held.coverage.n_images == 4
     assert "held-out (4 image(s)" in held.text()
     assert json.loads(json.dumps(held.to_dict()))["heldout"]["n_images"] == 4
-    with pytest.raises(ValueError, match="^pairs:"):
-        em.conformal_report([], current)
+    with pytest.raises(ValueError, match=r"^pairs:"):
+        eo.conformal_report([], current)
 
 
 def test_store_conformal_pairs_excludes_current(store):
-    pairs, ids = em.store_conformal_pairs(store, exclude=["b"])
+    pairs, ids = eo.store_conformal_pairs(store, exclude=["b"])
     assert ids == ["a"] and pairs[0][0].shape == (2, *SHAPE)
     np.testing.assert_array_equal(pairs[0][1], _box(6, 16))
 

@@ -358,3 +358,15 @@ def test_multiclass_and_batched_generator_sequence(tmp_path):
     b = m.sample(torch.randn(1, 1, 16, 16), 2, generator=g)  # generator advanced: new hypotheses
     assert a.shape == (2, 3, 16, 16) and not torch.allclose(a, b)
     assert np.allclose(a.sum(1).numpy(), 1, atol=1e-5)
+
+
+def test_ssn_starts_close_to_a_deterministic_network():
+    # Regression: unit-scale covariance at init drowned the mean (bundled SSN had Dice 0.2).
+    torch.manual_seed(0)
+    net = SSNNet(_ConstBody(8), 8, 2, 10, 2).eval()
+    with torch.no_grad():
+        mu, factor, diag = net(torch.zeros(1, 1, 4, 4))
+    marginal_var = factor.square().sum(2) + diag
+    assert float(marginal_var.max()) < 0.2
+    assert float(diag.max()) < 0.05
+    assert float(factor.abs().max()) > 1e-6  # not collapsed: the low-rank part can still learn

@@ -209,6 +209,12 @@ def test_observer_panel_ged_equals_metrics(make_napari_viewer, qtbot, sample_run
     assert widget.report.metrics.ged.ged == pytest.approx(ged(samples, refs, unbiased=True).ged)
     out = widget.export_json(tmp_path / "obs.json")
     assert json.loads(out.read_text())["ged"]["unbiased"] is True
+    # the image changed since its run: an error notification, checked in the worker
+    viewer.layers[IMAGE].data = np.asarray(viewer.layers[IMAGE].data) + 1
+    assert widget.compute() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert "changed since its run" in widget.last_message
+    assert any("changed since its run" in m for m in _messages())
 
 
 def test_conformal_panel_draws_two_contour_layers(

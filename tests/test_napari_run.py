@@ -222,3 +222,25 @@ def test_bundled_model_runs_from_the_panel(make_napari_viewer, qtbot):
     _run(qtbot, widget, image="crop", model=choices[0].key, n_samples=2, device="cpu")
     assert widget.last_error is None, widget.last_error
     assert "crop · hypotheses (N=2)" in _names(viewer)
+
+
+def test_demo_opens_panels_and_lands_a_run(make_napari_viewer, qtbot, cards):
+    from napari_probseg._napari._demo import choose_model, open_demo
+
+    with pytest.raises(ValueError, match=r"^model"):
+        choose_model(4)
+    viewer = make_napari_viewer()
+    done = []
+    _, run, review = open_demo(
+        sample="2d",
+        model=cards["plain2d"],
+        n_samples=2,
+        device="cpu",
+        viewer=viewer,
+        on_done=done.append,
+    )
+    qtbot.waitUntil(lambda: bool(done), timeout=120_000)
+    assert done[0] is not None and review.record is done[0]
+    assert "lesions 2d · hypotheses (N=2)" in _names(viewer)
+    docks = set(viewer.window.dock_widgets)
+    assert {"Run probabilistic segmentation", "Review uncertainty"} <= docks

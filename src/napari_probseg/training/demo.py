@@ -55,7 +55,7 @@ SPECS: list[dict[str, Any]] = [
         "extra": {},
         "methods": {"softmax": {}, "mc_dropout": {}, "tta": dict(TTA), "laplace": {}},
         "default": "mc_dropout",
-        "steps": 200,
+        "steps": 400,
         "dropout": 0.25,
     },
     {
@@ -65,7 +65,7 @@ SPECS: list[dict[str, Any]] = [
         "extra": {"members": 4},
         "methods": {"ensemble": {"selection": "cycle"}, "tta": dict(TTA)},
         "default": "ensemble",
-        "steps": 80,
+        "steps": 150,
     },
     {
         "name": "lesions2d-ssn",
@@ -74,7 +74,7 @@ SPECS: list[dict[str, Any]] = [
         "extra": {"rank": 10},
         "methods": {"ssn": {}, "tta": dict(TTA)},
         "default": "ssn",
-        "steps": 250,
+        "steps": 600,
     },
     {
         "name": "lesions2d-prob-unet",
@@ -83,7 +83,7 @@ SPECS: list[dict[str, Any]] = [
         "extra": {"latent_dim": 6, "encoder_channels": [8, 16, 32, 32]},
         "methods": {"prob_unet": {}, "tta": dict(TTA)},
         "default": "prob_unet",
-        "steps": 250,
+        "steps": 600,
     },
     {
         "name": "lesions3d-unet",
@@ -92,7 +92,7 @@ SPECS: list[dict[str, Any]] = [
         "extra": {},
         "methods": {"softmax": {}, "mc_dropout": {}, "tta": dict(TTA)},
         "default": "mc_dropout",
-        "steps": 80,
+        "steps": 150,
         "dropout": 0.25,
     },
     {
@@ -102,7 +102,7 @@ SPECS: list[dict[str, Any]] = [
         "extra": {"rank": 8},
         "methods": {"ssn": {}, "tta": dict(TTA)},
         "default": "ssn",
-        "steps": 80,
+        "steps": 150,
     },
 ]
 # Channel dropout of the bodies (default). The plain U-Nets (MC dropout) set 0.25: with 0.1 the masks
