@@ -177,6 +177,10 @@ def test_calibration_whole_store_equals_evaluation(make_napari_viewer, qtbot, st
     _select(widget.scope_combo, "whole store")
     assert widget.compute() is None  # no store anywhere yet
     assert any("no store" in m for m in _messages())
+    widget.path_edit.setText(str(store_path.parent / "missing.zarr"))
+    assert widget.compute() is None
+    assert widget.last_message.startswith("cannot open the store")
+    widget.path_edit.setText("")
     panel = AnnotationWidget(viewer)  # the store open in the annotation panel is found
     panel.open_store(store_path)
     widget._refresh()
@@ -235,11 +239,16 @@ def test_conformal_panel_draws_two_contour_layers(
     assert report.coverage is not None and report.coverage.n_images == 1  # the current image
     text = widget.result_label.text()
     assert "calibrated on 3 image(s)" in text and "outer coverage" in text
-    # again with another α: the bands are replaced, not piled up
-    widget.alpha_spin.setValue(0.2)
+    assert "α < 1/(n+1) = 0.250" in text  # 3 images cannot certify α = 0.1: trivial bands
+    assert outer.data.all() and not inner.data.any()
+    # again with another α: the bands are replaced, not piled up, and now informative
+    widget.alpha_spin.setValue(0.3)
     _wait(qtbot, widget, widget.compute())
     names = [lay.name for lay in viewer.layers if "conformal" in lay.name]
-    assert names == [f"{IMAGE} · conformal outer (α=0.2)", f"{IMAGE} · conformal inner (α=0.2)"]
+    assert names == [f"{IMAGE} · conformal outer (α=0.3)", f"{IMAGE} · conformal inner (α=0.3)"]
+    inner, outer = (viewer.layers[n].data for n in names[::-1])
+    assert 0 < inner.sum() < outer.sum() < outer.size
+    assert "1/(n+1)" not in widget.result_label.text()
 
 
 def test_conformal_on_other_viewer_images(make_napari_viewer, qtbot, sample_run):

@@ -241,6 +241,7 @@ def test_demo_opens_panels_and_lands_a_run(make_napari_viewer, qtbot, cards):
     )
     qtbot.waitUntil(lambda: bool(done), timeout=120_000)
     assert done[0] is not None and review.record is done[0]
+    assert run.status.text().startswith("Done")
     assert "lesions 2d · hypotheses (N=2)" in _names(viewer)
     docks = set(viewer.window.dock_widgets)
     assert {"Run probabilistic segmentation", "Review uncertainty"} <= docks

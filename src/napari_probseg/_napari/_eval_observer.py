@@ -163,6 +163,13 @@ class ConformalReport:
             f"calibrated on {b.n_calibration} image(s): {self.calibration_from}",
             f"current image: inner {int(self.inner.sum()):,} px, outer {int(self.outer.sum()):,} px",
         ]
+        floor = 1.0 / (b.n_calibration + 1)
+        if min(b.alpha, b.alpha_inner) < floor:
+            lines.append(
+                f"α < 1/(n+1) = {floor:.3f} with n = {b.n_calibration}: no threshold is provably "
+                "safe, so the bands fall back to the whole image (outer) / nothing (inner); use "
+                f"more calibration images or α ≥ {floor:.3f}"
+            )
         c = self.coverage
         if c is None:
             lines.append("no held-out data: empirical coverage not measured")

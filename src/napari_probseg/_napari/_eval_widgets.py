@@ -33,6 +33,7 @@ from napari_probseg._napari._eval_base import (
     unchanged,
 )
 from napari_probseg._napari._layers import layer_name
+from napari_probseg.store import StoreError
 
 __all__ = ["CalibrationWidget", "ConformalWidget", "ObserverWidget"]
 
@@ -85,7 +86,7 @@ class CalibrationWidget(_Panel):
         if store_mode:
             try:
                 store = find_store(self.viewer, self.path_edit.text(), layer)
-            except (OSError, ValueError):
+            except (OSError, ValueError, StoreError):
                 store = None
             if store is not None:
                 names = list(store.class_names or names)
@@ -119,7 +120,7 @@ class CalibrationWidget(_Panel):
         if self.scope_combo.currentIndex() == 1:
             try:
                 store = find_store(self.viewer, self.path_edit.text(), self.image_layer())
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, StoreError) as exc:
                 self.notify(f"cannot open the store: {exc}", error=True)
                 return None
             if store is None:
@@ -318,7 +319,7 @@ class ConformalWidget(_Panel):
         if self.source_combo.currentIndex() == 0:
             try:
                 store = find_store(self.viewer, self.path_edit.text(), layer)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, StoreError) as exc:
                 self.notify(f"cannot open the store: {exc}", error=True)
                 return None
             if store is None:

@@ -34,7 +34,7 @@ from napari_probseg._napari._choices import (
     card_choice,
     describe_error,
 )
-from napari_probseg._napari._layers import Placement
+from napari_probseg._napari._layers import Placement, create_layer
 from napari_probseg._napari._runner import RunRequest, run_job
 from napari_probseg._napari._session import land_stepwise
 
@@ -46,12 +46,17 @@ _WARM = {"done": False}
 
 
 def _job_with_warm_layers(*args: Any, **kwargs: Any) -> Any:
-    """:func:`run_job`, then napari's one-time Shapes setup (numba compilation, imports) in the
-    worker thread: done on the GUI thread it stalls the first landing for seconds."""
+    """:func:`run_job`, then build the napari layer objects in the worker thread too.
+
+    Layer models hold no Qt objects; building them (Shapes meshes, napari's one-time numba
+    compilations) on the GUI thread stalled the viewer for seconds. Only adding them to the
+    viewer (controls, GPU visuals) is left to the GUI thread.
+    """
     output = yield from run_job(*args, **kwargs)
     if not _WARM["done"]:
         _warm_napari()
         _WARM["done"] = True
+    output.extra["layers"] = [create_layer(*item) for item in output.layers]
     return output
 
 

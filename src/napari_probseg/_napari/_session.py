@@ -150,21 +150,22 @@ def land_stepwise(
         return
     remove_run_layers(viewer, output.placement.image_name)
     record = RunRecord(output=output, image_layer=image_layer, quantile=output.request.quantile)
-    pending = list(output.layers)
+    # Layers already built in the worker (``output.extra["layers"]``), else the data tuples.
+    pending = list(output.extra.get("layers") or output.layers)
 
     def step() -> None:
         if not pending:
             done(_finish(viewer, record))
             return
-        data, kwargs, kind = pending.pop(0)
+        item = pending.pop(0)
         try:
-            layer = create_layer(data, kwargs, kind)
+            layer = create_layer(*item) if isinstance(item, tuple) else item
             viewer.layers.append(layer)
         except Exception as exc:  # report, never a traceback dialog; keep what landed
-            show_error(f"probseg: could not add layer {kwargs.get('name')!r}: {exc}")
+            show_error(f"probseg: could not add a layer: {exc}")
             done(None)
             return
-        record.layers[kwargs["metadata"]["probseg"]["what"]] = layer
+        record.layers[layer.metadata["probseg"]["what"]] = layer
         QTimer.singleShot(0, step)
 
     step()
