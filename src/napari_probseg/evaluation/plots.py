@@ -80,7 +80,10 @@ def plot_reliability(calibration: Any, *, title: str = "") -> Any:
         fontsize=9,
     )
     hx.bar(left, np.asarray(c.counts) / max(c.n_pixels, 1), width=width, align="edge", color="0.5")
-    hx.set_yscale("log")
+    hx.set_yscale("log")  # background pixels dominate; a linear axis hides the other bins
+    from matplotlib.ticker import NullFormatter
+
+    hx.yaxis.set_minor_formatter(NullFormatter())
     hx.set_xlabel("confidence (top-label)")
     hx.set_ylabel("share of pixels")
     return fig
