@@ -13,7 +13,7 @@ Public API (docs/ARCHITECTURE.md "Engine interface"):
 from napari_probseg.engine._device import resolve_device
 from napari_probseg.engine._io import load_result, save_result, to_jsonable
 from napari_probseg.engine._normalize import normalize, parse_normalization
-from napari_probseg.engine._predict import predict, run_prediction
+from napari_probseg.engine._predict import cancel_checker, predict, run_prediction
 from napari_probseg.engine._provenance import image_signature, package_versions
 from napari_probseg.engine._summary import summarize
 from napari_probseg.engine._types import Cancelled, PredictionResult, Progress
@@ -22,6 +22,7 @@ __all__ = [
     "Cancelled",
     "PredictionResult",
     "Progress",
+    "cancel_checker",
     "image_signature",
     "load_result",
     "normalize",

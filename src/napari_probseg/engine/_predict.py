@@ -111,7 +111,7 @@ def predict(
     MemoryError
         Out of memory on the CPU even with one sample per batch.
     """
-    check_cancel = _cancel_checker(cancel)
+    check_cancel = cancel_checker(cancel)
     n_req = check_positive_int(n_samples, "n_samples")
     seed = check_positive_int(seed, "seed", minimum=0)
     if batch_size is not None:
@@ -196,7 +196,12 @@ def run_prediction(
 # --------------------------------------------------------------------------------------------
 
 
-def _cancel_checker(cancel: Any) -> Callable[[], None]:
+def cancel_checker(cancel: Any, *, what: str = "prediction") -> Callable[[], None]:
+    """Return a function raising :class:`Cancelled` once ``cancel`` says so.
+
+    ``cancel`` is None, a callable returning True to cancel, or a ``threading.Event``. Shared by
+    the engine and the training loops so both cancel the same way.
+    """
     if cancel is None:
         return lambda: None
     if isinstance(cancel, threading.Event) or hasattr(cancel, "is_set"):
@@ -208,7 +213,7 @@ def _cancel_checker(cancel: Any) -> Callable[[], None]:
 
     def check() -> None:
         if test():
-            raise Cancelled("prediction cancelled")
+            raise Cancelled(f"{what} cancelled")
 
     return check
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from napari_probseg import __version__
 from napari_probseg.data.dataset import StoreDataset, collate_items
-from napari_probseg.engine import Cancelled, resolve_device
+from napari_probseg.engine import cancel_checker, resolve_device
 from napari_probseg.models.cards import ModelCard, file_sha256
 from napari_probseg.models.loading import load_network, resolve_card
 from napari_probseg.models.networks import MemberEnsemble
@@ -108,23 +108,6 @@ class FinetuneResult:
     val_loss: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
     lineage: dict[str, Any] = field(default_factory=dict)
-
-
-def _cancel_checker(cancel: Any) -> Callable[[], None]:
-    if cancel is None:
-        return lambda: None
-    if isinstance(cancel, threading.Event) or hasattr(cancel, "is_set"):
-        test = cancel.is_set
-    elif callable(cancel):
-        test = cancel
-    else:
-        raise ValueError(f"cancel: expected a callable or a threading.Event, got {cancel!r}")
-
-    def check() -> None:
-        if test():
-            raise Cancelled("training cancelled")
-
-    return check
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -262,7 +245,7 @@ def finetune(
             f"model {parent.name!r}, got {tuple(patch_size)}"
         )
     out_path = _check_out(out, parent, overwrite)
-    check_cancel = _cancel_checker(cancel)
+    check_cancel = cancel_checker(cancel, what="training")
     dev = resolve_device(device)
     if not isinstance(store, ProjectStore):
         store = ProjectStore.open(store, mode="r")
