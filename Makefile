@@ -34,8 +34,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test,dev]"
 	touch $(STAMP)
 
+# With a display: the interactive viewer. Without one (CI, ssh): the same run under Xvfb, saving a
+# full-window screenshot (default out/demo.png, or DEMO_ARGS="--screenshot PATH --quit").
 demo: venv
-	$(VENV)/bin/probseg demo $(DEMO_ARGS)
+	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
+	  $(VENV)/bin/probseg demo $(DEMO_ARGS); \
+	else \
+	  args="$(DEMO_ARGS)"; [ -n "$$args" ] || args="--screenshot out/demo.png --quit"; \
+	  echo "no display: running headless under xvfb-run: probseg demo $$args"; \
+	  xvfb-run -a -s "-screen 0 1920x1200x24" $(VENV)/bin/probseg demo $$args; \
+	fi
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

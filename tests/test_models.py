@@ -365,7 +365,7 @@ def test_ssn_starts_close_to_a_deterministic_network():
     torch.manual_seed(0)
     net = SSNNet(_ConstBody(8), 8, 2, 10, 2).eval()
     with torch.no_grad():
-        mu, factor, diag = net(torch.zeros(1, 1, 4, 4))
+        _mu, factor, diag = net(torch.zeros(1, 1, 4, 4))
     marginal_var = factor.square().sum(2) + diag
     assert float(marginal_var.max()) < 0.2
     assert float(diag.max()) < 0.05

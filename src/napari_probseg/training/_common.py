@@ -89,9 +89,19 @@ def _crops(
 
 
 def _loss(
-    net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ssn_samples: int = 16
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    ssn_samples: int = 16,
+    kl_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Training loss of each wrapper kind (per pixel)."""
+    """Training loss of each wrapper kind (per pixel).
+
+    ``ssn_samples`` is the number M of MC samples of the SSN log-likelihood (with few pixels'
+    worth of log-likelihood summed per crop, logsumexp over M approaches a best-of-M loss, which
+    rewards too much spread for large M); ``kl_weight`` is beta of the probabilistic U-Net ELBO.
+    """
     if isinstance(net, SSNNet):
         # Monteiro et al. 2020: MC estimate of log p(y|x) = log mean_m p(y | eta_m), eta_m
         # reparameterized from the low-rank Gaussian.
@@ -120,7 +130,7 @@ def _loss(
         z = mu_q + ls_q.exp() * torch.randn_like(mu_q)
         ce = F.cross_entropy(net.decode(net.features(x), z), y)
         kl = ls_p - ls_q + (ls_q.exp() ** 2 + (mu_q - mu_p) ** 2) / (2 * ls_p.exp() ** 2) - 0.5
-        return ce + kl.sum(1).mean() / y[0].numel()
+        return ce + kl_weight * kl.sum(1).mean() / y[0].numel()
     return F.cross_entropy(net(x), y)
 
 
@@ -133,6 +143,7 @@ def train_network(
     patch: tuple[int, ...],
     seed: int,
     lr: float = 3e-3,
+    loss_options: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     label: str = "",
 ) -> dict[str, Any]:
@@ -146,7 +157,7 @@ def train_network(
     losses = []
     for step in range(steps):
         x, y = _crops(ds, batch, patch, rng)
-        loss = _loss(net, x, y)
+        loss = _loss(net, x, y, **(loss_options or {}))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -165,6 +176,7 @@ def train_network(
         "patch": list(patch),
         "lr": lr,
         "seed": seed,
+        **({"loss_options": dict(loss_options)} if loss_options else {}),
         "final_loss": float(np.mean(losses[-20:])),
         "seconds": round(time.perf_counter() - t0, 1),
     }
