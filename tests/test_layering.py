@@ -24,8 +24,28 @@ ALLOWED = {
     "models": {"core", "models", "data", "_version", "_resources"},
     "store": {"core", "store", "data", "_version", "_resources"},
     "engine": {"core", "data", "models", "store", "engine", "_version", "_resources"},
-    "training": {"core", "data", "models", "store", "engine", "training", "evaluation", "_version", "_resources"},
-    "evaluation": {"core", "data", "models", "store", "engine", "training", "evaluation", "_version", "_resources"},
+    "training": {
+        "core",
+        "data",
+        "models",
+        "store",
+        "engine",
+        "training",
+        "evaluation",
+        "_version",
+        "_resources",
+    },
+    "evaluation": {
+        "core",
+        "data",
+        "models",
+        "store",
+        "engine",
+        "training",
+        "evaluation",
+        "_version",
+        "_resources",
+    },
 }
 
 
