@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from model_helpers import tiny_card
 from napari_probseg.cli import main
 from napari_probseg.store import ProjectStore
 
@@ -120,37 +121,10 @@ def test_missing_store_exits_nonzero(tmp_path):
 
 
 def test_predict_then_evaluate_and_calibrate(store_path, tmp_path, capsys):
-    import torch
-    from safetensors.torch import save_file
-
-    from napari_probseg.models import ModelCard, resolve_card
-    from napari_probseg.models.networks import build_network
+    from napari_probseg.models import resolve_card
 
     d = tmp_path / "models"
-    d.mkdir()
-    card = ModelCard.from_dict(
-        {
-            "name": "tiny2d",
-            "architecture": {
-                "wrapper": "plain",
-                "network": "BasicUNet",
-                "args": {"features": [4, 4, 4, 4, 4, 4], "dropout": 0.2},
-                "dropout_mode": "channel",
-            },
-            "weights": {"path": "tiny2d.safetensors", "format": "safetensors"},
-            "classes": ["background", "lesion"],
-            "in_channels": 1,
-            "spatial_dims": 2,
-            "normalization": {"kind": "zscore"},
-            "patch_size": [32, 32],
-            "methods": {"softmax": {}, "mc_dropout": {"p": 0.2}},
-            "default_method": "mc_dropout",
-        }
-    )
-    torch.manual_seed(0)
-    state = {k: v.contiguous() for k, v in build_network(card).state_dict().items()}
-    save_file(state, str(d / "tiny2d.safetensors"))
-    card.save(d / "tiny2d.json")
+    tiny_card(d, name="tiny2d", dropout=0.2)
     args = ["evaluate", str(store_path), "--predict", f"{d / 'tiny2d.json'}:mc_dropout"]
     assert main([*args, "-n", "3", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -11,43 +11,15 @@ import numpy as np
 import pytest
 import zarr
 
+from model_helpers import tiny_card
 from napari_probseg.cli import main
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A user card + safetensors of a tiny 2D BasicUNet with channel dropout, and test images."""
-    import torch
-    from safetensors.torch import save_file
-
-    from napari_probseg.models import ModelCard
-    from napari_probseg.models.networks import build_network
-
     d = tmp_path_factory.mktemp("models")
-    card = ModelCard.from_dict(
-        {
-            "name": "tiny2d",
-            "architecture": {
-                "wrapper": "plain",
-                "network": "BasicUNet",
-                "args": {"features": [4, 4, 4, 4, 4, 4], "dropout": 0.2},
-                "dropout_mode": "channel",
-            },
-            "weights": {"path": "tiny2d.safetensors", "format": "safetensors"},
-            "classes": ["background", "lesion"],
-            "in_channels": 1,
-            "spatial_dims": 2,
-            "normalization": {"kind": "zscore"},
-            "spacing": [1.0, 1.0],
-            "patch_size": [32, 32],
-            "methods": {"softmax": {}, "mc_dropout": {"p": 0.2}},
-            "default_method": "mc_dropout",
-        }
-    )
-    torch.manual_seed(0)
-    state = build_network(card).state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "tiny2d.safetensors"))
-    card.save(d / "tiny2d.json")
+    tiny_card(d, name="tiny2d", dropout=0.2, spacing=[1.0, 1.0])
     rng = np.random.default_rng(0)
     img = rng.normal(size=(40, 48)).astype(np.float32)
     img[10:25, 12:30] += 2.0

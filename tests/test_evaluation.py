@@ -9,6 +9,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
+from model_helpers import tiny_card
 from napari_probseg.core.calibration import calibration, fit_temperature
 from napari_probseg.evaluation import (
     calibrate_card,
@@ -237,42 +238,12 @@ def test_plots_written_as_png_and_svg(store, tmp_path):
 
 def _tiny_card(folder, *, scale: float = 1.0):
     """A tiny 2D BasicUNet card (softmax, mc_dropout) with random weights in ``folder``."""
-    import torch
-    from safetensors.torch import save_file
+    from napari_probseg.models import resolve_card
 
-    from napari_probseg.models import ModelCard
-    from napari_probseg.models.networks import build_network
-
-    card = ModelCard.from_dict(
-        {
-            "name": "tiny2d",
-            "architecture": {
-                "wrapper": "plain",
-                "network": "BasicUNet",
-                "args": {"features": [4, 4, 4, 4, 4, 4], "dropout": 0.2},
-                "dropout_mode": "channel",
-            },
-            "weights": {"path": "tiny2d.safetensors", "format": "safetensors"},
-            "classes": ["background", "lesion"],
-            "in_channels": 1,
-            "spatial_dims": 2,
-            "normalization": {"kind": "zscore"},
-            "spacing": [1.0, 1.0],
-            "patch_size": [32, 32],
-            "methods": {"softmax": {"temperature": 1.5}, "mc_dropout": {"p": 0.2}},
-            "default_method": "mc_dropout",
-        }
+    path = tiny_card(
+        folder, name="tiny2d", dropout=0.2, temperature=1.5, spacing=[1.0, 1.0], final_scale=scale
     )
-    torch.manual_seed(0)
-    net = build_network(card)
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    for k in state:  # larger logits: a better-posed temperature fit
-        if k.startswith("final_conv"):
-            state[k] = state[k] * scale
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / "tiny2d.safetensors"))
-    card.save(folder / "tiny2d.json")
-    return card
+    return resolve_card(path)
 
 
 def test_predict_store_saves_engine_runs_that_load_and_evaluate(store, tmp_path):

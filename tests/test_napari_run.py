@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_helpers import tiny_card
+from model_helpers import tiny_card
 from napari_probseg._napari._layers import Placement
 from napari_probseg._napari._run_widget import RunWidget
 from napari_probseg._napari._runner import RunRequest
