@@ -15,7 +15,13 @@ from napari_probseg.store._fs import (
     read_attrs,
     remove_tree,
 )
-from napari_probseg.store._meta import DraftInfo, to_jsonable, utc_now, validate_identifier
+from napari_probseg.store._meta import (
+    DraftInfo,
+    to_jsonable,
+    utc_now,
+    validate_identifier,
+    zarr_children,
+)
 
 
 class DraftsMixin:
@@ -142,15 +148,4 @@ class DraftsMixin:
 
     def draft_raters(self, image_id: str) -> list[str]:
         """Raters holding a draft of ``image_id``."""
-        base = self._image_dir(image_id) / "drafts"
-        if not base.is_dir():
-            return []
-        out = []
-        for entry in base.iterdir():
-            try:
-                validate_identifier(entry.name, "rater")
-            except ValueError:
-                continue
-            if entry.is_dir() and (entry / "zarr.json").is_file():
-                out.append(entry.name)
-        return sorted(out)
+        return zarr_children(self._image_dir(image_id) / "drafts", "rater")

@@ -51,6 +51,28 @@ def validate_identifier(value: Any, name: str) -> str:
     return value
 
 
+def zarr_children(base: Any, name: str) -> list[str]:
+    """Sorted names of the zarr nodes directly under ``base`` whose names are valid identifiers.
+
+    Anything else there (a stray file, a hostile name, a half-written node without ``zarr.json``)
+    is skipped; ``name`` only labels the identifier kind.
+    """
+    from pathlib import Path
+
+    base = Path(base)
+    if not base.is_dir():
+        return []
+    out = []
+    for entry in base.iterdir():
+        try:
+            validate_identifier(entry.name, name)
+        except ValueError:
+            continue
+        if (entry / "zarr.json").is_file():
+            out.append(entry.name)
+    return sorted(out)
+
+
 # Device names that cannot be file names on Windows.
 _WINDOWS_RESERVED = frozenset(
     ["CON", "PRN", "AUX", "NUL"]

@@ -18,7 +18,7 @@ from napari_probseg.store._fs import (
     group_json,
     read_attrs,
 )
-from napari_probseg.store._meta import to_jsonable, utc_now, validate_identifier
+from napari_probseg.store._meta import to_jsonable, utc_now, validate_identifier, zarr_children
 
 
 def _compact(arr: np.ndarray, float_dtype: str | None) -> np.ndarray:
@@ -128,15 +128,7 @@ class PredictionsMixin:
     def list_predictions(self, image_id: str) -> list[dict[str, Any]]:
         """Summaries of the runs of ``image_id`` (run_id, created, arrays, metadata), oldest first."""
         base = self._image_dir(image_id) / "predictions"
-        out = []
-        if base.is_dir():
-            for entry in base.iterdir():
-                try:
-                    validate_identifier(entry.name, "run_id")
-                except ValueError:
-                    continue
-                if (entry / "zarr.json").is_file():
-                    out.append(read_attrs(entry, "prediction"))
+        out = [read_attrs(base / run, "prediction") for run in zarr_children(base, "run_id")]
         return sorted(out, key=lambda r: (r.get("created", ""), r.get("run_id", "")))
 
     def read_prediction(

@@ -44,6 +44,7 @@ from napari_probseg.store._meta import (
     to_jsonable,
     utc_now,
     validate_identifier,
+    zarr_children,
 )
 from napari_probseg.store._predictions import PredictionsMixin
 from napari_probseg.store._verify import VerifyMixin
@@ -349,18 +350,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
 
     def image_ids(self) -> list[str]:
         """Identifiers of the images in the store, sorted."""
-        base = self.path / "images"
-        if not base.is_dir():
-            return []
-        out = []
-        for entry in base.iterdir():
-            try:
-                validate_identifier(entry.name, "image_id")
-            except ValueError:
-                continue
-            if (entry / "zarr.json").is_file():
-                out.append(entry.name)
-        return sorted(out)
+        return zarr_children(self.path / "images", "image_id")
 
     def image_info(self, image_id: str) -> dict[str, Any]:
         """The image's record: shape, dtype, scale, unit, chunks, label_chunks, metadata, created."""
@@ -429,15 +419,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
         if not base.is_dir():
             self.image_info(image_id)  # raises for an unknown image
             return []
-        out = []
-        for entry in base.iterdir():
-            try:
-                validate_identifier(entry.name, "rater")
-            except ValueError:
-                continue
-            if (entry / "zarr.json").is_file() and self._load_versions(image_id, entry.name):
-                out.append(entry.name)
-        return sorted(out)
+        return [r for r in zarr_children(base, "rater") if self._load_versions(image_id, r)]
 
     def history(self, image_id: str, rater: str | None = None) -> list[AnnotationVersion]:
         """Every committed version of one rater (or of all raters), oldest first."""
