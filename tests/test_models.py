@@ -17,7 +17,7 @@ from napari_probseg.models import (
     build_network,
     load_method,
 )
-from napari_probseg.models.laplace import fit_diag_ggn, save_curvature
+from napari_probseg.models.laplace import fit_last_layer_ggn, save_curvature
 from napari_probseg.models.methods import (
     EnsembleMethod,
     LaplaceMethod,
@@ -94,7 +94,8 @@ def make_card(
     net = build_network(card).eval()
     save_file(net.state_dict(), str(tmp_path / card.weights["path"]))
     if "laplace" in methods:
-        curv = fit_diag_ggn(net, [torch.randn(2, 1, *([16] * dims))])
+        curv = fit_last_layer_ggn(net, [(torch.randn(2, 1, *([16] * dims)), None)])
+        curv["temperature"] = torch.tensor(1.0)
         save_curvature(tmp_path / methods["laplace"]["curvature"], curv)
     card.save(tmp_path / f"{name}.json")
     return card

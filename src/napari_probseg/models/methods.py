@@ -400,11 +400,13 @@ class ProbUNetMethod(Method):
 class LaplaceMethod(Method):
     """Last-layer Laplace approximation: Gaussian posterior over the final 1x1 conv only.
 
-    ``posterior`` holds ``weight_mean`` (K, F), ``weight_var`` (K, F), ``bias_mean`` (K),
-    ``bias_var`` (K), i.e. a *diagonal* Gaussian (see `napari_probseg.models.laplace` for how the
-    curvature and the prior precision are obtained). All other layers keep their MAP weights. The
-    body runs once; each hypothesis draws its own head weights first (the same on every tile) and
-    costs one 1x1 conv.
+    ``posterior`` holds ``weight_mean`` (K, F), ``bias_mean`` (K) and either ``scale`` (P, P),
+    P = K (F + 1), a full covariance factor (covariance ``scale @ scale.T`` of ``[W | b]``
+    flattened class by class; what `napari_probseg.models.laplace.posterior_from_curvature`
+    builds from the tempered last-layer GGN and the evidence-chosen prior precision), or a diagonal
+    ``weight_var`` (K, F) and ``bias_var`` (K). All other layers keep their MAP weights. The body
+    runs once; each hypothesis draws its own head weights first (the same on every tile) and costs
+    one 1x1 conv.
     """
 
     name = "laplace"
@@ -427,22 +429,29 @@ class LaplaceMethod(Method):
         self.last_layer = last_layer
         self.posterior = {k: v.detach().float().cpu() for k, v in posterior.items()}
         k, f = layer.out_channels, layer.in_channels
-        if tuple(self.posterior["weight_var"].shape) != (k, f):
+        if "scale" in self.posterior:
+            shape, expected = tuple(self.posterior["scale"].shape), (k * (f + 1), k * (f + 1))
+        else:
+            shape, expected = tuple(self.posterior["weight_var"].shape), (k, f)
+        if shape != expected:
             raise ModelCardError(
-                f"laplace: curvature shape {tuple(self.posterior['weight_var'].shape)} does not "
-                f"match last layer ({k}, {f})"
+                f"laplace: posterior shape {shape} does not match the last layer ({k}, {f})"
             )
         self.info = dict(info or {})
 
     def draw(self, n: int, generator: torch.Generator) -> State:
         p = self.posterior
-        ew = torch.randn((n, *p["weight_mean"].shape), generator=generator)
-        eb = torch.randn((n, *p["bias_mean"].shape), generator=generator)
-        return {
-            "index": torch.arange(n),
-            "weight": p["weight_mean"] + p["weight_var"].sqrt() * ew,
-            "bias": p["bias_mean"] + p["bias_var"].sqrt() * eb,
-        }
+        k, f = p["weight_mean"].shape
+        if "scale" in p:
+            eps = torch.randn((n, k * (f + 1)), generator=generator)
+            delta = (eps @ p["scale"].T).reshape(n, k, f + 1)
+            weight, bias = p["weight_mean"] + delta[..., :f], p["bias_mean"] + delta[..., f]
+        else:
+            ew = torch.randn((n, k, f), generator=generator)
+            eb = torch.randn((n, k), generator=generator)
+            weight = p["weight_mean"] + p["weight_var"].sqrt() * ew
+            bias = p["bias_mean"] + p["bias_var"].sqrt() * eb
+        return {"index": torch.arange(n), "weight": weight, "bias": bias}
 
     def render(self, x: torch.Tensor, state: State, generator: torch.Generator) -> torch.Tensor:
         captured: list[torch.Tensor] = []

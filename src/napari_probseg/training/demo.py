@@ -34,11 +34,6 @@ import torch
 from napari_probseg._resources import resources_root
 from napari_probseg.data.synthetic import make_lesions
 from napari_probseg.models.cards import ModelCard
-from napari_probseg.models.laplace import (
-    fit_diag_ggn,
-    save_curvature,
-    select_prior_precision,
-)
 from napari_probseg.models.loading import build_method
 from napari_probseg.models.networks import build_network
 from napari_probseg.training._common import (
@@ -189,20 +184,10 @@ def _fit_extras(
     if "mc_dropout" in card.methods:
         card.methods["mc_dropout"]["p"] = card.architecture["args"]["dropout"]
     if "laplace" in card.methods:
-        batches = [train.x[i : i + 8] for i in range(0, len(train.x), 8)]
-        curv = fit_diag_ggn(net, batches)
-        fname = f"{card.name}.laplace.safetensors"
-        save_curvature(out / fname, curv, model=card.name, last_layer="final_conv")
-        lam, scores = select_prior_precision(net, curv, val.x, val.majority)
-        card.methods["laplace"] = {
-            "curvature": fname,
-            "kind": "diag_ggn",
-            "last_layer": "final_conv",
-            "prior_precision": lam,
-            "prior_precision_selection": "grid search on held-out NLL (strict rater majority)",
-            "n_pixels": int(curv["n_pixels"]),
-        }
-        _log(f"  laplace prior precision {lam} (nll {scores})")
+        # the same refit as `python -m napari_probseg.training.laplace_fit --card <card>`
+        from napari_probseg.training.laplace_fit import fit_laplace
+
+        fit_laplace(card, net, train, folder=out, log=_log)
 
 
 def train_one(spec: dict[str, Any], out: Path, *, scale: float, data: dict[int, Any]) -> ModelCard:
