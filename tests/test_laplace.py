@@ -243,3 +243,32 @@ def test_bundled_laplace_mutual_information_rises_under_shift(bundled_laplace):
         mis[shift] = float(np.mean(vals))
     assert mis[False] > 1e-4  # the old diagonal, untempered posterior gave ~1e-5
     assert mis[True] > 2 * mis[False]
+
+
+def test_refit_writes_a_loadable_curvature_and_card_entry(tmp_path):
+    """`fit_laplace` (what `python -m napari_probseg.training.laplace_fit` and the demo training
+    call) on a copy of the bundled card: file + entry written, the refit card samples."""
+    import shutil
+
+    from napari_probseg.models.loading import load_model
+    from napari_probseg.models.registry import bundled_model_dir
+    from napari_probseg.training._common import lesion_dataset
+    from napari_probseg.training.laplace_fit import fit_laplace
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(bundled_model_dir() / f"lesions2d-unet{suffix}", tmp_path)
+    card, net = load_model(tmp_path / "lesions2d-unet.json")
+    train = lesion_dataset(4, ndim=2, seed=1000, normalization=card.normalization, shape=(48, 48))
+    entry = fit_laplace(card, net, train, log=lambda _msg: None)
+    card.save(card.path)
+    assert (tmp_path / entry["curvature"]).is_file()
+    assert 0 < entry["tempering"]["temperature"] <= 1 and entry["prior_precision"] > 0
+    assert entry["tempering"]["design_effect"] > 1  # neighbouring pixels are not independent
+    method = load_method(tmp_path / "lesions2d-unet.json", "laplace")
+    described = method.describe()
+    assert described["prior_precision"] == entry["prior_precision"]
+    assert described["likelihood_temperature"] == pytest.approx(
+        entry["tempering"]["temperature"], rel=1e-3
+    )
+    p = method.sample(train.x[:1], 3, generator=torch.Generator().manual_seed(0))
+    assert p.shape == (3, 2, 48, 48) and not torch.allclose(p[0], p[1])

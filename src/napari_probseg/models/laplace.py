@@ -314,8 +314,9 @@ def posterior_from_curvature(
     Returns
     -------
     dict of Tensor
-        ``weight_mean`` (K, F) and ``bias_mean`` (K,) (class-centred MAP) and ``scale`` (P, P) with
-        covariance ``scale @ scale.T`` in the parameter order of the module docstring.
+        ``weight_mean`` (K, F) and ``bias_mean`` (K,) (class-centred MAP), ``scale`` (P, P) with
+        covariance ``scale @ scale.T`` in the parameter order of the module docstring, and the
+        likelihood ``temperature`` (scalar, for provenance).
     """
     if not prior_precision > 0:
         raise ValueError(f"prior_precision: expected > 0, got {prior_precision!r}")
@@ -341,6 +342,7 @@ def posterior_from_curvature(
         "weight_mean": theta[:, :-1].float(),
         "bias_mean": theta[:, -1].float(),
         "scale": scale.float(),
+        "temperature": torch.tensor(float(curvature["temperature"])),
     }
 
 

@@ -470,7 +470,10 @@ class LaplaceMethod(Method):
         return torch.softmax(logits, dim=1)
 
     def _params(self) -> dict[str, Any]:
-        return {"last_layer": self.last_layer, **self.info}
+        out: dict[str, Any] = {"last_layer": self.last_layer}
+        if "temperature" in self.posterior:  # likelihood tempering of the curvature
+            out["likelihood_temperature"] = float(self.posterior["temperature"])
+        return {**out, **self.info}
 
 
 class TTAMethod(Method):
