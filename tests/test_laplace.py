@@ -17,6 +17,7 @@ from napari_probseg.models.laplace import (
     design_effect,
     fit_last_layer_ggn,
     last_layer_parameters,
+    likelihood_temperature,
     load_curvature,
     log_marginal_likelihood,
     posterior_covariance,
@@ -99,6 +100,20 @@ def test_design_effect_known_answers():
     assert design_effect(indep) == pytest.approx(1.0, rel=1e-12)
     with pytest.raises(ValueError, match="curvature"):
         design_effect(fit_last_layer_ggn(net, [(x, None)], last_layer="2"))
+
+
+def test_likelihood_temperature_known_answers():
+    rng = np.random.default_rng(4)
+    a = torch.from_numpy(rng.normal(size=(6, 4)))
+    g = a @ a.T  # rank 4 of 6, as the softmax's unidentified directions make it
+    one = {"ggn": g, "score_cluster": g, "score_pixel": g}
+    assert likelihood_temperature(one) == pytest.approx(1.0, rel=1e-9)
+    # clusters of m identical per-pixel scores: cluster variability m times the curvature
+    many = dict(one, score_cluster=7 * g)
+    assert likelihood_temperature(many) == pytest.approx(1 / 7, rel=1e-9)
+    assert design_effect(many) == pytest.approx(7, rel=1e-9)
+    # variability below the curvature never heats the likelihood above 1
+    assert likelihood_temperature(dict(one, score_cluster=0.5 * g)) == 1.0
 
 
 def test_evidence_equals_exact_gaussian_marginal_likelihood():
@@ -212,7 +227,7 @@ def test_bundled_curvature_file_agrees_with_its_card(bundled_laplace):
     curv = load_curvature(card.resolve(entry["curvature"]))
     tau = float(curv["temperature"])
     assert tau == pytest.approx(entry["tempering"]["temperature"], rel=1e-3)
-    assert tau == pytest.approx(1 / design_effect(curv), rel=1e-6)
+    assert tau == pytest.approx(likelihood_temperature(curv), rel=1e-6)
     theta = centred_parameters(last_layer_parameters(bundled_laplace.network))
     best, _ = select_prior_precision(
         curv["ggn"], theta, temperature=tau, log_likelihood=float(curv["log_likelihood"])

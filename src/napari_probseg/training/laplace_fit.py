@@ -34,6 +34,7 @@ from napari_probseg.models.laplace import (
     design_effect,
     fit_last_layer_ggn,
     last_layer_parameters,
+    likelihood_temperature,
     log_marginal_likelihood,
     posterior_covariance,
     save_curvature,
@@ -88,7 +89,7 @@ def fit_laplace(
     )
     curv = fit_last_layer_ggn(network, batches, last_layer=last_layer)
     deff = design_effect(curv)
-    tau = min(1.0, 1.0 / deff)
+    tau = likelihood_temperature(curv)
     curv["temperature"] = torch.tensor(tau, dtype=torch.float64)
     theta = centred_parameters(last_layer_parameters(network, last_layer=last_layer))
     log_lik = float(curv["log_likelihood"])
@@ -122,10 +123,12 @@ def fit_laplace(
         "log_evidence": round(evidence, 3),
         "tempering": {
             "temperature": _sig(tau),
+            "how": "likelihood ** tau, tau = rank(G) / tr(G^+ B_cluster): magnitude adjustment "
+            "of a composite likelihood (Ribatet, Cooley & Davison 2012), clusters = (training "
+            "image, rater mask)",
             "design_effect": _sig(deff),
             "effective_observations_per_image": _sig(n_pix / deff / int(curv["n_images"])),
-            "how": "likelihood ** (1 / design effect): Kish design effect of the score, clusters "
-            "= (training image, rater), in the metric of the GGN pseudo-inverse",
+            "overdispersion": _sig(1.0 / (tau * deff)),
         },
         "posterior_std_weight_mean": _sig(float(std.mean())),
         "weight_abs_mean": _sig(float(theta[:, :-1].abs().mean())),
@@ -138,7 +141,7 @@ def fit_laplace(
     }
     card.methods["laplace"] = entry
     log(
-        f"  laplace: design effect {deff:.1f} (temperature {tau:.3g}), prior precision "
+        f"  laplace: likelihood temperature {tau:.3g} (design effect {deff:.1f}), prior precision "
         f"{lam:.3g} (log evidence {evidence:.1f}), posterior std {float(std.mean()):.3g} vs |W| "
         f"{float(theta[:, :-1].abs().mean()):.3g} (untempered {float(std1.mean()):.3g})"
     )
