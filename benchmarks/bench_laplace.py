@@ -1,7 +1,7 @@
 """Last-layer Laplace of the bundled 2D U-Net: what the likelihood temperature does.
 
 For each temperature (1 = pixels as independent observations ... the card's magnitude-adjusted
-value ... colder), the prior precision maximising the evidence, the posterior std of the weights,
+value ... smaller still), the prior precision maximising the evidence, the posterior std of the weights,
 and on the card's held-out test set (12 images, 16 samples) the mean MI in domain and shifted, their
 ratio, GED16 and the pixel NLL against every rater. ``python -m benchmarks laplace``; ~4 min on a
 shared 2-core machine (90 s CPU).
