@@ -16,7 +16,7 @@ import pytest
 
 from napari_probseg.models import ModelCard, ModelCardError, UntrustedModelError, load_network
 from napari_probseg.models._trust import check_bundle_config, resolve_constructor
-from napari_probseg.store import ProjectStore, StoreError
+from napari_probseg.store import ProjectStore, StoreError, StoreLinkError
 from test_models import make_card
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,3 +163,94 @@ def test_bundle_configs_that_run_code_are_refused(tmp_path):
     check_bundle_config({"network_def": {"_target_": "BasicUNet", "features": [4, 4]}})
     check_bundle_config(hostile[1], trust=True)  # trusted: the caller's decision
     assert not sentinel.exists()
+
+
+# --- item 2: symbolic links inside a store ------------------------------------------------------
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "napari_probseg.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+def _store(tmp_path: Path) -> ProjectStore:
+    store = ProjectStore.create(tmp_path / "p.zarr", class_names=["bg", "fg", "x"])
+    store.add_image(np.zeros((8, 8), np.float32), image_id="img", label_chunks=(4, 4))
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4] = 1
+    store.save_annotation("img", "alice", mask, role="expert")
+    store.save_draft("img", "alice", mask)
+    return store
+
+
+def _replace_by_link(path: Path, target: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    path.symlink_to(target, target_is_directory=True)
+
+
+LINKED = [
+    "images/img/labels",
+    "images/img/labels/alice",
+    "images/img/annotations/alice",
+    "images/img/annotations",
+    "images/img/drafts/alice",
+    "images/img/predictions",
+    ".probseg/tmp",
+    "images/img",
+]
+
+
+@pytest.mark.parametrize("where", LINKED)
+def test_linked_store_folder_is_refused_and_outside_untouched(tmp_path, outside, where):
+    store = _store(tmp_path)
+    before = snapshot(outside)
+    _replace_by_link(store.path / where, outside)
+    mask = np.ones((8, 8), np.uint8)
+    # a store opened before the link appeared: every write refuses, under its lock
+    for write in (
+        lambda: store.save_annotation("img", "alice", mask, role="expert"),
+        lambda: store.save_annotation("img", "bob", mask, role="expert"),
+        lambda: store.save_draft("img", "alice", mask),
+        lambda: store.discard_draft("img", "alice"),
+        lambda: store.save_prediction("img", {"samples": mask[None]}, {}),
+        lambda: store.verify(repair=True),
+    ):
+        with pytest.raises(StoreLinkError, match="symbolic link"):
+            write()
+    # the next open refuses, read-write or read-only
+    for mode in ("r+", "r"):
+        with pytest.raises(StoreLinkError, match=r"symbolic link .*cannot be opened"):
+            ProjectStore.open(store.path, mode=mode)
+    # verify (read-only) reports the link; the CLI exits 1 with the link named
+    problems = ProjectStore.open(store.path, mode="r", allow_links=True).verify()
+    assert [p.path for p in problems] == [str(store.path / where)]
+    proc = cli("store", "verify", str(store.path))
+    assert proc.returncode == 1 and where.split("/")[-1] in proc.stderr
+    assert "symbolic link" in proc.stderr and "Traceback" not in proc.stderr
+    for args in (("store", "verify", "--repair"), ("store", "info")):
+        proc = cli(*args, str(store.path))
+        assert proc.returncode == 1 and "symbolic link" in proc.stderr
+    assert snapshot(outside) == before
+
+
+def test_check_within_rejects_links_and_escapes(tmp_path, outside):
+    from napari_probseg.store._fs import check_within
+
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    assert check_within(root / "a" / "new", root) == root / "a" / "new"
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    for bad in (root / "link", root / "link" / "precious.txt", root / ".." / "outside", outside):
+        with pytest.raises(StoreLinkError):
+            check_within(bad, root)
+    # the root itself may be reached through a link (the user named it)
+    (tmp_path / "alias").symlink_to(root, target_is_directory=True)
+    assert check_within(tmp_path / "alias" / "a", tmp_path / "alias")

@@ -140,7 +140,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    store = _open(args.store, "r+" if args.repair else "r")
+    from napari_probseg.store import ProjectStore
+
+    if args.repair:
+        store = _open(args.store, "r+")
+    else:  # a read-only check may look at a store holding links: it reports them
+        store = ProjectStore.open(args.store, mode="r", allow_links=True)
     problems = store.verify(repair=args.repair)
     failing = [p for p in problems if p.severity == "error" and not p.repaired]
     payload = {"ok": not failing, "problems": [p.to_dict() for p in problems]}

@@ -7,7 +7,6 @@ stale or damaged, so it can never lose committed work.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,14 @@ from napari_probseg.store._errors import StoreCorruptionError
 from napari_probseg.store._fs import (
     atomic_write_json,
     copy_file_atomic,
-    fsync_dir,
     fsync_tree,
     group_json,
+    make_dirs,
     read_attrs,
     read_json,
+    remove_file,
     remove_tree,
+    rename_into,
 )
 from napari_probseg.store._meta import AnnotationVersion
 
@@ -70,8 +71,7 @@ class LabelsMixin:
             shutil.copyfile(src / "zarr.json", build / "0" / "zarr.json")
             self._write_label_group(build, image_id, rater, None, info, stage)
             fsync_tree(build)
-            os.rename(build, label_dir)
-            fsync_dir(label_dir.parent)
+            rename_into(build, label_dir, staging=stage)
             dst_index = None
         src_index = read_array_meta(src)["index"]
         if current is not None and dst_index is not None and current == version.previous:
@@ -80,7 +80,7 @@ class LabelsMixin:
                 if dst_index.get(key) != h:
                     copy_file_atomic(chunk_path(src, key), chunk_path(dst, key), staging=stage)
             for key in set(dst_index) - set(src_index):
-                chunk_path(dst, key).unlink(missing_ok=True)
+                remove_file(chunk_path(dst, key), staging=stage)
         else:
             self._full_resync(src, dst, src_index, stage)
         copy_file_atomic(src / "zarr.json", dst / "zarr.json", staging=stage)
@@ -95,7 +95,7 @@ class LabelsMixin:
             if key not in present or file_hash(path) != h:
                 copy_file_atomic(chunk_path(src, key), path, staging=stage)
         for key in present - set(src_index):
-            chunk_path(dst, key).unlink(missing_ok=True)
+            remove_file(chunk_path(dst, key), staging=stage)
 
     def _write_label_group(
         self,
@@ -179,7 +179,7 @@ class LabelsMixin:
         repaired = []
         with self._writing(image_id) as stage:
             labels_dir = self._image_dir(image_id) / "labels"
-            labels_dir.mkdir(exist_ok=True)
+            make_dirs(labels_dir, staging=stage)
             raters = self.raters(image_id)
             for rater in raters:
                 latest = self._load_versions(image_id, rater)[-1]

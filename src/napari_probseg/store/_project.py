@@ -23,16 +23,24 @@ from napari_probseg.store._arrays import (
     write_array,
 )
 from napari_probseg.store._drafts import DraftsMixin
-from napari_probseg.store._errors import StoreCorruptionError, StoreError, StoreVersionError
+from napari_probseg.store._errors import (
+    StoreCorruptionError,
+    StoreError,
+    StoreLinkError,
+    StoreVersionError,
+)
 from napari_probseg.store._fs import (
     atomic_write_json,
+    check_within,
     file_lock,
-    fsync_dir,
+    find_links,
     fsync_tree,
     group_json,
+    make_dirs,
     read_attrs,
     read_json,
     remove_tree,
+    rename_into,
 )
 from napari_probseg.store._labels import LabelsMixin, version_name
 from napari_probseg.store._meta import (
@@ -137,7 +145,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
         return cls(path, "r+", root)
 
     @classmethod
-    def open(cls, path: str | Path, *, mode: str = "r+") -> ProjectStore:
+    def open(cls, path: str | Path, *, mode: str = "r+", allow_links: bool = False) -> ProjectStore:
         """Open an existing store.
 
         Parameters
@@ -156,6 +164,8 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             If the store was written by a newer schema version.
         StoreCorruptionError
             If the root metadata is damaged.
+        StoreLinkError
+            If the store holds a symbolic link (the store never follows links).
         """
         if mode not in MODES:
             raise ValueError(f"mode: expected 'r' or 'r+', got {mode!r}")
@@ -175,6 +185,14 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             raise StoreVersionError(
                 f"{path}: store schema version {version} is newer than this napari-probseg "
                 f"({__version__}) supports ({SCHEMA_VERSION}); upgrade napari-probseg"
+            )
+        links = find_links(path)
+        if links and not (allow_links and mode == "r"):
+            raise StoreLinkError(
+                links[0],
+                f"is a symbolic link (to {os.readlink(links[0])!r}) inside the store {path}; a "
+                f"store never follows links, so it cannot be opened ({len(links)} link(s); "
+                "`probseg store verify` lists them) -- remove them",
             )
         store = cls(path, mode, root)
         if mode == "r+":
@@ -197,7 +215,10 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
     # --- paths, locks, staging ---------------------------------------------------------------
 
     def _image_dir(self, image_id: str) -> Path:
-        return self.path / "images" / validate_identifier(image_id, "image_id")
+        directory = self.path / "images" / validate_identifier(image_id, "image_id")
+        if directory.is_symlink():  # cheap; writes check every component (_fs.check_within)
+            check_within(directory, self.path)
+        return directory
 
     def _ann_dir(self, image_id: str, rater: str) -> Path:
         return self._image_dir(image_id) / "annotations" / validate_identifier(rater, "rater")
@@ -215,16 +236,36 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             return
         for entry in self._tmp.iterdir():
             if entry.name.split("+")[0] == owner:
-                if entry.is_dir():
+                if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
 
+    def _check_links(self, *tops: Path) -> None:
+        """Refuse to write when the internal folder or ``tops`` hold a symbolic link."""
+        check_within(self._tmp, self.path)
+        for top in (self._internal, *tops):
+            check_within(top, self.path)
+            links = find_links(top) if top.is_dir() else []
+            if links:
+                raise StoreLinkError(
+                    links[0],
+                    f"is a symbolic link (to {os.readlink(links[0])!r}); the store never follows "
+                    "links -- remove it (probseg store verify lists every link)",
+                )
+
     @contextlib.contextmanager
     def _writing(self, owner: str) -> Iterator[Path]:
-        """Hold ``owner``'s lock (an image id, or ``.root``) and yield a fresh staging dir."""
+        """Hold ``owner``'s lock (an image id, or ``.root``) and yield a fresh staging dir.
+
+        Under the lock, the owner's image folder is checked for symbolic links first (a link
+        created after the store was opened must not redirect this write).
+        """
         self._check_writable()
+        self._check_links()
         with file_lock(self._internal / "locks" / f"{owner}.lock"):
+            image_dir = self.path / "images" / owner
+            self._check_links(*([image_dir] if owner != ".root" and image_dir.exists() else []))
             self._clean_staging(owner)
             stage = self._tmp / f"{owner}+{uuid.uuid4().hex}"
             stage.mkdir(parents=True)
@@ -324,8 +365,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
                 staging=stage,
             )
             fsync_tree(build)
-            os.rename(build, target)
-            fsync_dir(target.parent)
+            rename_into(build, target, staging=stage)
         return image_id
 
     @staticmethod
@@ -566,7 +606,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             number = len(versions) + 1
             ann_dir = self._ann_dir(image_id, rater)
             if not ann_dir.is_dir():
-                ann_dir.mkdir(parents=True)
+                make_dirs(ann_dir, staging=stage)
                 self._write_manifest(image_id, rater, [], stage)
             target = ann_dir / version_name(number)
             if target.exists():  # written by a writer that died before committing
@@ -606,8 +646,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
                 software=f"napari-probseg {__version__}",
                 extra=extra,
             )
-            os.rename(stage / "version", target)
-            fsync_dir(ann_dir)
+            rename_into(stage / "version", target, staging=stage)
             self._write_manifest(image_id, rater, [*versions, version], stage)  # the commit
             self._sync_label(image_id, rater, version, stage)
             if not keep_draft:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from napari_probseg.store._arrays import check_array
 from napari_probseg.store._errors import StoreCorruptionError
-from napari_probseg.store._fs import read_attrs, read_json
+from napari_probseg.store._fs import find_links, read_attrs, read_json
 from napari_probseg.store._meta import Problem, validate_identifier
 
 
@@ -35,7 +36,19 @@ class VerifyMixin:
         """
         if repair:
             self._check_writable()
-        problems: list[Problem] = []
+        problems: list[Problem] = [
+            Problem(
+                "error",
+                str(link),
+                f"symbolic link (to {os.readlink(link)!r}); the store never follows links and "
+                "cannot be opened while it holds one -- remove it",
+            )
+            for link in find_links(self.path)
+        ]
+        if problems and repair:
+            self._check_links(self.path / "images")  # raises StoreLinkError naming the first
+        if problems:  # reading on would follow them
+            return problems
         cache: dict[tuple[int, ...], str] = {}
         for entry in sorted(self._tmp.iterdir()) if self._tmp.is_dir() else []:
             problems.append(
