@@ -16,7 +16,7 @@ import pytest
 
 from napari_probseg.models import ModelCard, ModelCardError, UntrustedModelError, load_network
 from napari_probseg.models._trust import check_bundle_config, resolve_constructor
-from napari_probseg.store import ProjectStore, StoreError, StoreLinkError
+from napari_probseg.store import ProjectStore, StoreLinkError
 from test_models import make_card
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,13 +92,16 @@ def test_factory_cards_cannot_run_code_without_trust(tmp_path, index):
 def test_factory_card_through_the_cli_needs_trust(tmp_path):
     sentinel = tmp_path / "pwned"
     path = _factory_card(tmp_path / "card", "monai:os.system", {"command": f"touch {sentinel}"})
-    proc = subprocess.run(
-        [sys.executable, "-m", "napari_probseg.cli", "predict", "--sample", "2d"]
-        + ["--model", str(path), "-n", "2", "--out", str(tmp_path / "p.zarr")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        timeout=300,
+    proc = cli(
+        "predict",
+        "--sample",
+        "2d",
+        "--model",
+        str(path),
+        "-n",
+        "2",
+        "--out",
+        str(tmp_path / "p.zarr"),
     )
     assert proc.returncode != 0 and not sentinel.exists()
     assert "architecture.factory" in proc.stderr and "Traceback" not in proc.stderr
@@ -254,3 +257,39 @@ def test_check_within_rejects_links_and_escapes(tmp_path, outside):
     # the root itself may be reached through a link (the user named it)
     (tmp_path / "alias").symlink_to(root, target_is_directory=True)
     assert check_within(tmp_path / "alias" / "a", tmp_path / "alias")
+
+
+# --- item 3: --overwrite deletes only our own prediction outputs -------------------------------
+
+
+def _predict(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return cli(
+        "predict", "--sample", "2d", "--model", "lesions2d-unet", "--method", "softmax", "-n", "2",
+        "--quiet", "--out", str(out), *extra,
+    )  # fmt: skip
+
+
+def test_overwrite_refuses_a_foreign_folder(tmp_path, outside):
+    home = outside
+    ProjectStore.create(home / "project.zarr")  # a home folder with a project store in it
+    before = snapshot(home)
+    link = tmp_path / "link.zarr"
+    link.symlink_to(home, target_is_directory=True)
+    for out in (home, home / "project.zarr", home / "precious.txt", link):
+        proc = _predict(out, "--overwrite")
+        assert proc.returncode == 1, proc.stderr
+        assert "not a probseg prediction output" in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert snapshot(home) == before
+
+
+def test_overwrite_replaces_our_own_output(tmp_path):
+    out = tmp_path / "pred.zarr"
+    out.mkdir()  # what an earlier run left: a zarr group saying it is a prediction
+    attrs = {"napari_probseg": {"kind": "prediction", "format_version": 1}}
+    (out / "zarr.json").write_text(json.dumps({"zarr_format": 3, "attributes": attrs}))
+    (out / "stale").mkdir()
+    proc = _predict(out, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "zarr.json").read_text())
+    assert meta["attributes"]["method"] == "softmax" and not (out / "stale").exists()
