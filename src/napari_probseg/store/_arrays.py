@@ -192,13 +192,21 @@ def write_array(
             sl = _slices(idx, chunks)
             key = "/".join(map(str, idx))
             if np.array_equal(data[sl], parent_data[sl]):
-                if key in parent_index:
-                    dst = chunk_path(dest, key)
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    if link_or_copy(chunk_path(parent, key), dst):
-                        linked.add(key)
-            else:
-                arr[sl] = data[sl]
+                if key not in parent_index:
+                    continue  # both hold only the fill value: no chunk file
+                src = chunk_path(parent, key)
+                # A damaged parent must never block a save nor spread: link only a chunk file
+                # that is present and matches the parent's index, else write the data afresh.
+                try:
+                    if file_hash(src) == parent_index[key]:
+                        dst = chunk_path(dest, key)
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        if link_or_copy(src, dst):
+                            linked.add(key)
+                        continue
+                except OSError:
+                    pass
+            arr[sl] = data[sl]
     index, written, nbytes = {}, 0, 0
     for key in sorted(list_chunk_keys(dest)):
         if key in linked:

@@ -108,6 +108,11 @@ class DraftsMixin:
                 dtype=record["dtype"],
                 extra=extra,
             )
+            if not directory.is_dir():
+                image_dir = self._image_dir(image_id)
+                self._check_new_name(
+                    [image_dir / "annotations", image_dir / "drafts"], rater, "rater"
+                )
             make_dirs(directory, staging=stage)
             if (directory / name).exists():
                 remove_tree(directory / name, staging=stage)

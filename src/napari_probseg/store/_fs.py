@@ -232,8 +232,13 @@ def copy_file_atomic(src: str | Path, dst: str | Path, *, staging: str | Path) -
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path, *, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def file_lock(
+    path: str | Path, *, timeout: float = LOCK_TIMEOUT_S, shared: bool = False
+) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block.
+
+    ``shared=True`` takes a shared (reader) lock instead: writers wait for it, readers do not.
+    ``timeout=0`` tries once (:class:`StoreError` if the lock is held).
 
     Uses ``fcntl.flock`` (the kernel releases it if the process dies, so a killed writer never
     leaves a stale lock); falls back to the ``filelock`` package where ``fcntl`` is missing.
@@ -256,10 +261,10 @@ def file_lock(path: str | Path, *, timeout: float = LOCK_TIMEOUT_S) -> Iterator[
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:
                     raise StoreError(
                         f"{path}: locked by another writer for more than {timeout:g} s"
                     ) from None

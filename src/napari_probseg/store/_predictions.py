@@ -101,6 +101,7 @@ class PredictionsMixin:
             target = self._image_dir(image_id) / "predictions" / run_id
             if target.exists():
                 raise ValueError(f"run_id: {run_id!r} already exists for image {image_id!r}")
+            self._check_new_name([target.parent], run_id, "run_id")
             build = stage / "run"
             build.mkdir()
             records = {}

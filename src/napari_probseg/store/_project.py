@@ -46,6 +46,7 @@ from napari_probseg.store._labels import LabelsMixin, version_name
 from napari_probseg.store._meta import (
     SCHEMA_VERSION,
     AnnotationVersion,
+    check_case_collision,
     check_role,
     check_time_spent,
     check_tools,
@@ -196,6 +197,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             )
         store = cls(path, mode, root)
         if mode == "r+":
+            store._clean_idle_staging()
             store._quick_repair()
         return store
 
@@ -226,6 +228,12 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
     def _label_dir(self, image_id: str, rater: str) -> Path:
         return self._image_dir(image_id) / "labels" / validate_identifier(rater, "rater")
 
+    @staticmethod
+    def _check_new_name(parents: list[Path], value: str, name: str) -> None:
+        """Refuse a new id that differs from an existing one only in case (caller holds the lock)."""
+        existing = [e for p in parents if p.is_dir() for e in os.listdir(p)]
+        check_case_collision(value, existing, name)
+
     def _check_writable(self) -> None:
         if self.mode != "r+":
             raise StoreError(f"{self.path}: store opened read-only (mode='r')")
@@ -241,6 +249,34 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
                 else:
                     entry.unlink(missing_ok=True)
 
+    def _idle_owners(self) -> list[str]:
+        """Owners of staging leftovers whose writer is gone (their lock is free right now)."""
+        if not self._tmp.is_dir():
+            return []
+        idle = []
+        for owner in sorted({e.name.split("+")[0] for e in self._tmp.iterdir()}):
+            lock = self._internal / "locks" / f"{owner}.lock"
+            try:
+                if owner != ".root":
+                    validate_identifier(owner, "owner")
+                if not lock.is_file():  # staging is only made under the lock: its writer is gone
+                    idle.append(owner)
+                    continue
+                with file_lock(lock, timeout=0):
+                    idle.append(owner)
+            except (StoreError, ValueError, OSError):
+                continue  # a writer is at work (or a stray name): not a leftover
+        return idle
+
+    def _clean_idle_staging(self) -> None:
+        """Remove what crashed writers left in staging (on read-write open)."""
+        for owner in self._idle_owners():
+            try:
+                with file_lock(self._internal / "locks" / f"{owner}.lock", timeout=0):
+                    self._clean_staging(owner)
+            except (StoreError, OSError):
+                continue
+
     def _check_links(self, *tops: Path) -> None:
         """Refuse to write when the internal folder or ``tops`` hold a symbolic link."""
         check_within(self._tmp, self.path)
@@ -253,6 +289,23 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
                     f"is a symbolic link (to {os.readlink(links[0])!r}); the store never follows "
                     "links -- remove it (probseg store verify lists every link)",
                 )
+
+    @contextlib.contextmanager
+    def _reading(self, owner: str) -> Iterator[None]:
+        """Hold ``owner``'s lock shared: a consistent view while writers wait (for verify).
+
+        Lock files are not data; on a read-only file system the view is simply not locked.
+        """
+        try:
+            lock = file_lock(self._internal / "locks" / f"{owner}.lock", shared=True)
+            lock.__enter__()
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
 
     @contextlib.contextmanager
     def _writing(self, owner: str) -> Iterator[Path]:
@@ -330,6 +383,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             target = self._image_dir(image_id)
             if target.exists():
                 raise ValueError(f"image_id: {image_id!r} already exists in {self.path}")
+            self._check_new_name([self.path / "images"], image_id, "image_id")
             build = stage / "image"
             record, _ = write_array(build / "0", arr, chunks=chunks, dimension_names=axes)
             for sub, kind in (("annotations", "annotations"), ("predictions", "predictions")):
@@ -513,8 +567,15 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             raise ValueError(f"{name}: expected the image's shape {tuple(shape)}, got {arr.shape}")
         if arr.size and arr.min() < 0:
             raise ValueError(f"{name}: labels must be >= 0 (0 = background)")
-        if arr.size and int(arr.max()) > np.iinfo(np.uint32).max:
+        top = int(arr.max()) if arr.size else 0
+        if top > np.iinfo(np.uint32).max:
             raise ValueError(f"{name}: labels must fit in uint32")
+        classes = self.class_names
+        if classes and top >= len(classes):
+            raise ValueError(
+                f"{name}: label {top} is outside the store's classes {classes} "
+                f"(labels 0..{len(classes) - 1})"
+            )
         return arr
 
     def save_annotation(
@@ -606,6 +667,10 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             number = len(versions) + 1
             ann_dir = self._ann_dir(image_id, rater)
             if not ann_dir.is_dir():
+                image_dir = self._image_dir(image_id)
+                self._check_new_name(
+                    [image_dir / "annotations", image_dir / "drafts"], rater, "rater"
+                )
                 make_dirs(ann_dir, staging=stage)
                 self._write_manifest(image_id, rater, [], stage)
             target = ann_dir / version_name(number)

@@ -50,12 +50,16 @@ class VerifyMixin:
         if problems:  # reading on would follow them
             return problems
         cache: dict[tuple[int, ...], str] = {}
+        idle = set(self._idle_owners())  # a writer at work now is no leftover
         for entry in sorted(self._tmp.iterdir()) if self._tmp.is_dir() else []:
-            problems.append(
-                Problem("warning", str(entry), "leftover of an interrupted write", repairable=True)
-            )
-        if repair and self._tmp.is_dir():
-            for owner in {e.name.split("+")[0] for e in self._tmp.iterdir()}:
+            if entry.name.split("+")[0] in idle:
+                problems.append(
+                    Problem(
+                        "warning", str(entry), "leftover of an interrupted write", repairable=True
+                    )
+                )
+        if repair:
+            for owner in idle:
                 with self._writing(owner):
                     pass  # _writing cleans the owner's leftovers under its lock
         base = self.path / "images"
@@ -69,7 +73,11 @@ class VerifyMixin:
                     Problem("warning", str(entry), "unexpected entry (not an image id)")
                 )
                 continue
-            problems.extend(self._verify_image(entry.name, cache, repair))
+            if repair:  # the repair takes the image's write lock itself
+                problems.extend(self._verify_image(entry.name, cache, repair))
+            else:  # commits running meanwhile wait, so nothing half-written is reported
+                with self._reading(entry.name):
+                    problems.extend(self._verify_image(entry.name, cache, repair))
         return problems
 
     def _verify_image(self, image_id: str, cache: dict, repair: bool) -> list[Problem]:
