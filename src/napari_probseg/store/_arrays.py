@@ -374,7 +374,9 @@ def check_array(
 # --- OME-Zarr 0.5 metadata -------------------------------------------------------------------
 
 
-def multiscales(name: str, scale: tuple[float, ...], unit: str | None = None) -> list[dict]:
+def multiscales(
+    name: str, scale: tuple[float, ...], unit: str | None = None, *, path: str = "0"
+) -> list[dict]:
     """One-level OME-Zarr 0.5 ``multiscales`` for spatial axes (z, y, x) or (y, x)."""
     axes = []
     for n in SPATIAL_AXES[-len(scale) :]:
@@ -388,7 +390,7 @@ def multiscales(name: str, scale: tuple[float, ...], unit: str | None = None) ->
             "axes": axes,
             "datasets": [
                 {
-                    "path": "0",
+                    "path": path,
                     "coordinateTransformations": [{"type": "scale", "scale": list(scale)}],
                 }
             ],
@@ -404,12 +406,15 @@ def image_attrs(name: str, scale: tuple[float, ...], unit: str | None, probseg: 
     }
 
 
-def label_attrs(name: str, scale: tuple[float, ...], unit: str | None, probseg: dict) -> dict:
-    """Attributes of an OME-Zarr label image (``image-label`` pointing back at the image)."""
+def label_attrs(
+    name: str, scale: tuple[float, ...], unit: str | None, probseg: dict, *, path: str = "0"
+) -> dict:
+    """Attributes of an OME-Zarr label image (``image-label`` pointing back at the image);
+    ``path`` names its array."""
     return {
         "ome": {
             "version": "0.5",
-            "multiscales": multiscales(name, scale, unit),
+            "multiscales": multiscales(name, scale, unit, path=path),
             "image-label": {"version": "0.5", "source": {"image": "../../"}},
         },
         "probseg": probseg,

@@ -38,12 +38,7 @@ def validate_identifier(value: Any, name: str) -> str:
         raise InvalidIdentifierError(
             f"{name}: expected a string identifier, got {type(value).__name__}"
         )
-    if (
-        not _ID_RE.fullmatch(value)
-        or value[0] in ".-"
-        or value[-1] == "."
-        or value in (".", "..")
-    ):
+    if not _ID_RE.fullmatch(value) or value[0] in ".-" or value[-1] == "." or value in (".", ".."):
         raise InvalidIdentifierError(
             f"{name}: {value!r} is not a valid identifier (1-64 letters, digits, '.', '_' or '-', "
             "not starting with '.' or '-', not ending with '.')"
@@ -92,9 +87,7 @@ def zarr_children(base: Any, name: str) -> list[str]:
 
 # Device names that cannot be file names on Windows.
 _WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"]
-    + [f"COM{i}" for i in range(10)]
-    + [f"LPT{i}" for i in range(10)]
+    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(10)] + [f"LPT{i}" for i in range(10)]
 )
 
 

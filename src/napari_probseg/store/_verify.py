@@ -167,8 +167,13 @@ class VerifyMixin:
                     )
                 )
                 continue
+            from napari_probseg.store._labels import _current_array
+
             found += check_array(
-                label_dir / "0", expected_hash=latest.content_hash, repairable=True, cache=cache
+                label_dir / str(_current_array(label_dir)),
+                expected_hash=latest.content_hash,
+                repairable=True,
+                cache=cache,
             )
         try:
             listed: Any = read_json(labels_dir / "zarr.json")["attributes"]["ome"]["labels"]
