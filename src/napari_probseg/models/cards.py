@@ -349,8 +349,8 @@ def load_card(path: str | Path) -> ModelCard:
     path = Path(path)
     if not path.is_file():
         raise MissingModelFileError(f"path: model card {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix in (".yaml", ".yml"):
             import yaml
 

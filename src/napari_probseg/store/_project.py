@@ -379,6 +379,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
         label_chunks = self._check_chunks(label_chunks, arr.shape, "label_chunks", label=True)
         metadata = to_jsonable(metadata or {}, "metadata")
         axes = SPATIAL_AXES[-arr.ndim :]
+        self._check_new_name([self.path / "images"], image_id, "image_id")  # before any lock file
         with self._writing(image_id) as stage:
             target = self._image_dir(image_id)
             if target.exists():
