@@ -87,7 +87,9 @@ def test_verify_cli_names_damage(filled, capsys):
 def test_verify_cli_repairs_derived_state(filled, capsys):
     store = filled[0]
     (store.path / "images/vol/labels/alice/zarr.json").unlink()
-    assert main(["store", "verify", str(store.path)]) == 1
+    # derived state only (what an ordinary crash leaves): distinct exit code and wording
+    assert main(["store", "verify", str(store.path)]) == 3
+    assert "repairable" in capsys.readouterr().err
     assert main(["store", "verify", str(store.path), "--repair"]) == 0
     assert main(["store", "verify", str(store.path)]) == 0
 
@@ -122,15 +124,15 @@ def test_export_nnunet_per_rater(filled, tmp_path, capsys):
     assert dataset["labels"] == {"background": 0, "lesion": 1}
     assert dataset["channel_names"] == {"0": "image"}
     cases = sorted(p.name for p in (out / "labelsTr").iterdir())
-    assert cases == ["flat_alice.nii.gz", "vol_alice.nii.gz", "vol_bob.nii.gz", "vol_carol.nii.gz"]
-    assert sorted(p.name for p in (out / "imagesTr").iterdir())[0] == "flat_alice_0000.nii.gz"
-    img = nib.load(str(out / "imagesTr/vol_bob_0000.nii.gz"))
+    assert cases == ["flat+alice.nii.gz", "vol+alice.nii.gz", "vol+bob.nii.gz", "vol+carol.nii.gz"]
+    assert sorted(p.name for p in (out / "imagesTr").iterdir())[0] == "flat+alice_0000.nii.gz"
+    img = nib.load(str(out / "imagesTr/vol+bob_0000.nii.gz"))
     np.testing.assert_allclose(img.header.get_zooms(), (0.7, 0.5, 3.0))
     np.testing.assert_allclose(np.asarray(img.dataobj), vol.transpose(2, 1, 0))
     np.testing.assert_array_equal(
-        _nifti(out / "labelsTr/vol_bob.nii.gz"), masks["bob"].transpose(2, 1, 0)
+        _nifti(out / "labelsTr/vol+bob.nii.gz"), masks["bob"].transpose(2, 1, 0)
     )
-    np.testing.assert_array_equal(_nifti(out / "labelsTr/flat_alice.nii.gz")[..., 0], flat.T)
+    np.testing.assert_array_equal(_nifti(out / "labelsTr/flat+alice.nii.gz")[..., 0], flat.T)
     # a second export into the same folder is refused
     assert main(["export", str(store.path), "--format", "nnunet", str(out)]) == 1
 

@@ -355,7 +355,7 @@ def test_damaged_image_chunk_and_attributes_reported(store):
 def test_derived_label_image_repaired(store):
     m = blob((12, 40, 48), (6, 20, 24), 6)
     store.save_annotation("case1", "alice", m, role="expert")
-    label_dir = store.path / "images/case1/labels/alice/0/c"
+    label_dir = store.path / "images/case1/labels/alice/v000001/c"
     label_chunk = sorted(p for p in label_dir.rglob("*") if p.is_file())[0]
     label_chunk.write_bytes(b"garbage")
     problems = store.verify()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -103,6 +104,79 @@ def _load_input(args: argparse.Namespace, in_channels: int) -> tuple[Any, tuple[
     return image, scale, str(args.image)
 
 
+#: Most hypotheses one run may ask for (memory and time grow linearly with N).
+MAX_SAMPLES = 1024
+#: Largest input magnitude accepted: float32 sums and products of larger values overflow to Inf.
+MAX_ABS_INPUT = 1e30
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse impossible numeric options before anything is loaded."""
+    from napari_probseg.cli import CLIError
+
+    if not 1 <= args.n_samples <= MAX_SAMPLES:
+        raise CLIError(f"n_samples: expected 1..{MAX_SAMPLES} (-n), got {args.n_samples}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CLIError(f"batch_size: expected >= 1, got {args.batch_size}")
+    if not (np.isfinite(args.overlap) and 0.0 <= args.overlap < 1.0):
+        raise CLIError(f"overlap: expected a fraction in [0, 1), got {args.overlap}")
+    if args.seed < 0:
+        raise CLIError(f"seed: expected >= 0, got {args.seed}")
+
+
+def is_prediction_output(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``probseg predict`` (its root zarr attributes say
+    ``napari_probseg.kind == "prediction"``); only such a folder may be replaced."""
+    meta = path / "zarr.json"
+    if path.is_symlink() or not path.is_dir() or meta.is_symlink() or not meta.is_file():
+        return False
+    try:
+        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
+        return attrs.get("napari_probseg", {}).get("kind") == "prediction"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an ``--out`` that cannot be written, or one ``--overwrite`` must not delete --
+    before the (long) prediction runs."""
+    import tempfile
+
+    from napari_probseg.cli import CLIError
+
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise CLIError(f"out: {out} exists (add --overwrite to replace it)")
+        if not is_prediction_output(out):
+            raise CLIError(
+                f"out: {out} is not a probseg prediction output (its zarr.json does not say "
+                "napari_probseg.kind = 'prediction'); --overwrite only replaces those -- "
+                "choose another --out",
+                code=1,
+            )
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    try:  # a probe the size of nothing: the result folder will be created beside it
+        probe = tempfile.mkdtemp(prefix=".probseg-probe-", dir=parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise CLIError(f"out: cannot create {out} ({exc.strerror or exc})", code=1) from None
+
+
+def _check_magnitude(image: Any, source: str) -> None:
+    from napari_probseg.cli import CLIError
+
+    if image.size:
+        peak = max(abs(float(np.max(image))), abs(float(np.min(image))))
+        if peak > MAX_ABS_INPUT:
+            raise CLIError(
+                f"image: {source} holds values up to {peak:.3g}; beyond {MAX_ABS_INPUT:g} the "
+                "network's float32 arithmetic overflows -- rescale the image",
+                code=1,
+            )
+
+
 class _ProgressPrinter:
     """One stderr line per stage change and at most every half second."""
 
@@ -124,8 +198,8 @@ def run(args: argparse.Namespace) -> int:
     from napari_probseg import engine
     from napari_probseg.cli import CLIError
 
-    if args.out.exists() and not args.overwrite:
-        raise CLIError(f"out: {args.out} exists (add --overwrite to replace it)")
+    _check_options(args)
+    _check_out(args.out, overwrite=args.overwrite)
     card = find_card(args.model, model_dirs(args.model_dir))
     known = card.available_methods
     if args.method is not None and args.method not in known and args.method != "tta+softmax":
@@ -136,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
     image, scale, source = _load_input(args, card.in_channels)
     if not np.isfinite(image).all():
         raise CLIError(f"image: {source} contains NaN or Inf values", code=1)
+    _check_magnitude(image, source)
 
     from napari_probseg.models import load_method
 

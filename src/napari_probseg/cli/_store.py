@@ -37,7 +37,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_guard(_info))
 
     p = actions.add_parser(
-        "verify", help="check every array, chunk and version; exit 1 on any corruption"
+        "verify",
+        help="check every array, chunk and version; exit 1 if committed data is damaged, "
+        "3 if only derived state or leftovers need --repair",
     )
     p.add_argument("store", type=Path)
     p.add_argument(
@@ -115,7 +117,7 @@ def _add(args: argparse.Namespace) -> int:
     from napari_probseg.store import validate_identifier
 
     data, scale, stem, meta = _read(args.image)
-    image_id = validate_identifier(args.image_id or stem, "--id")
+    image_id = validate_identifier(stem if args.image_id is None else args.image_id, "--id")
     store = _open(args.store, "r+")
     store.add_image(data, image_id=image_id, scale=scale, metadata=meta, unit=meta["unit"])
     payload = {"image_id": image_id, "shape": list(data.shape), "scale": list(scale or ())}
@@ -136,22 +138,44 @@ def _info(args: argparse.Namespace) -> int:
             f"raters: {raters or '-'}; runs: {len(im['predictions'])}; drafts: {len(im['drafts'])}"
         )
     _emit(args, info, "\n".join(lines))
+    damaged = [im["image_id"] for im in info["images"] if "error" in im]
+    if damaged:
+        print(f"{info['path']}: damaged metadata in {', '.join(damaged)}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    store = _open(args.store, "r+" if args.repair else "r")
+    from napari_probseg.store import ProjectStore
+
+    if args.repair:
+        store = _open(args.store, "r+")
+    else:  # a read-only check may look at a store holding links: it reports them
+        store = ProjectStore.open(args.store, mode="r", allow_links=True)
     problems = store.verify(repair=args.repair)
     failing = [p for p in problems if p.severity == "error" and not p.repaired]
-    payload = {"ok": not failing, "problems": [p.to_dict() for p in problems]}
+    damaged = [p for p in failing if not p.repairable]
+    payload = {
+        "ok": not failing,
+        "damaged": len(damaged),
+        "repairable": len(failing) - len(damaged),
+        "problems": [p.to_dict() for p in problems],
+    }
     text = "\n".join(str(p) for p in problems) or f"{store.path}: OK"
     if failing:
+        if damaged:
+            summary = f"{store.path}: {len(damaged)} error(s) in committed data or links"
+        else:  # an ordinary crash: derived copies or leftovers, nothing committed is lost
+            summary = (
+                f"{store.path}: {len(failing)} repairable problem(s), nothing committed is "
+                "damaged; run `probseg store verify --repair`"
+            )
         if args.json:
             print(json.dumps(payload, indent=2))
         else:
             print(text, file=sys.stderr)
-            print(f"{store.path}: {len(failing)} error(s)", file=sys.stderr)
-        return 1
+            print(summary, file=sys.stderr)
+        return 1 if damaged else 3
     _emit(args, payload, text)
     return 0
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,10 +144,31 @@ class ModelCard:
     path: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        def fail(field_name: str, expected: str, value: Any) -> ModelCardError:
+            return ModelCardError(f"{field_name}: expected {expected}, got {value!r}")
+
+        if not isinstance(self.classes, (list, tuple)):
+            raise fail("classes", "a list of class names", self.classes)
         self.classes = [str(c) for c in self.classes]
+        if not isinstance(self.patch_size, (list, tuple)) or not all(
+            isinstance(p, int) and not isinstance(p, bool) for p in self.patch_size
+        ):
+            raise fail("patch_size", "a list of integers", self.patch_size)
         self.patch_size = tuple(int(p) for p in self.patch_size)
         if self.spacing is not None:
+            if not isinstance(self.spacing, (list, tuple)) or not all(
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v > 0
+                for v in self.spacing
+            ):
+                raise fail("spacing", "a list of finite positive numbers", self.spacing)
             self.spacing = tuple(float(s) for s in self.spacing)
+        if not isinstance(self.methods, dict) or not all(
+            isinstance(v, dict) or v is None for v in self.methods.values()
+        ):
+            raise fail("methods", "a mapping of method name to parameters", self.methods)
         self.methods = {str(k): dict(v or {}) for k, v in dict(self.methods).items()}
         self.validate()
 
@@ -156,6 +178,14 @@ class ModelCard:
 
         def bad(field_name: str, msg: str) -> ModelCardError:
             return ModelCardError(f"{field_name}: {msg} (card {self.name!r})")
+
+        def integer(field_name: str, value: Any) -> int:
+            # bool is an int subclass and "3" is not a number: name the field, not int()'s error
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(field_name, f"expected an integer, got {value!r}")
+            if not math.isfinite(value) or value != int(value):
+                raise bad(field_name, f"expected an integer, got {value!r}")
+            return int(value)
 
         if not isinstance(self.name, str) or not self.name:
             raise ModelCardError("name: expected a non-empty string")
@@ -176,11 +206,17 @@ class ModelCard:
             )
         if not isinstance(arch.get("args", {}), dict):
             raise bad("architecture.args", "expected a mapping of keyword arguments")
-        if arch.get("wrapper") == "ensemble" and int(arch.get("members", 0)) < 1:
+        if (
+            arch.get("wrapper") == "ensemble"
+            and integer("architecture.members", arch.get("members", 0)) < 1
+        ):
             raise bad("architecture.members", "an ensemble needs members >= 1")
-        if arch.get("wrapper") == "ssn" and int(arch.get("rank", 0)) < 1:
+        if arch.get("wrapper") == "ssn" and integer("architecture.rank", arch.get("rank", 0)) < 1:
             raise bad("architecture.rank", "an SSN needs rank >= 1")
-        if arch.get("wrapper") == "prob_unet" and int(arch.get("latent_dim", 0)) < 1:
+        if (
+            arch.get("wrapper") == "prob_unet"
+            and integer("architecture.latent_dim", arch.get("latent_dim", 0)) < 1
+        ):
             raise bad("architecture.latent_dim", "a probabilistic U-Net needs latent_dim >= 1")
         if not isinstance(self.weights, dict) or "path" not in self.weights:
             raise bad("weights", "expected a mapping with a 'path'")
@@ -190,7 +226,7 @@ class ModelCard:
             raise bad("classes", f"expected at least 2 class names, got {self.classes}")
         if self.spatial_dims not in (2, 3):
             raise bad("spatial_dims", f"expected 2 or 3, got {self.spatial_dims!r}")
-        if int(self.in_channels) < 1:
+        if integer("in_channels", self.in_channels) < 1:
             raise bad("in_channels", f"expected >= 1, got {self.in_channels!r}")
         if len(self.patch_size) != self.spatial_dims or min(self.patch_size) < 1:
             raise bad("patch_size", f"expected {self.spatial_dims} positive sizes")
@@ -313,8 +349,8 @@ def load_card(path: str | Path) -> ModelCard:
     path = Path(path)
     if not path.is_file():
         raise MissingModelFileError(f"path: model card {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix in (".yaml", ".yml"):
             import yaml
 

@@ -7,17 +7,16 @@ All wrappers take a *body* network that maps ``(B, C, *S)`` to features ``(B, F,
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_probseg.models._trust import check_no_download, resolve_constructor
 from napari_probseg.models.cards import ModelCard
-from napari_probseg.models.errors import ModelCardError, UntrustedModelError
+from napari_probseg.models.errors import ModelCardError
 
 __all__ = [
     "LatentEncoder",
@@ -32,8 +31,6 @@ __all__ = [
 ]
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
-# factories from these packages are importable without trust=True (they run no code from the card)
-_TRUSTED_FACTORY_PACKAGES = ("monai", "napari_probseg")
 
 
 class SampledDropout(nn.Module):
@@ -119,23 +116,6 @@ def dropout_modules(net: nn.Module) -> list[SampledDropout]:
     return [m for m in net.modules() if isinstance(m, SampledDropout)]
 
 
-def _import_factory(spec: str, *, trust: bool) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if module_name.split(".")[0] not in _TRUSTED_FACTORY_PACKAGES and not trust:
-        raise UntrustedModelError(
-            f"architecture.factory: {spec!r} would import and run code from module "
-            f"{module_name!r}, which is neither MONAI nor napari-probseg; pass trust=True if you "
-            "trust this card"
-        )
-    try:
-        obj = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ModelCardError(f"architecture.factory: cannot import {spec!r}: {exc}") from exc
-    return obj
-
-
 def build_body(
     card: ModelCard, *, out_channels: int | None = None, trust: bool = False
 ) -> nn.Module:
@@ -146,15 +126,9 @@ def build_body(
     """
     arch = card.architecture
     args = dict(arch.get("args", {}))
-    if "network" in arch:
-        import monai.networks.nets as nets
-
-        name = str(arch["network"])
-        ctor = getattr(nets, name, None)
-        if ctor is None or not callable(ctor):
-            raise ModelCardError(f"architecture.network: {name!r} is not a MONAI network")
-    else:
-        ctor = _import_factory(str(arch["factory"]), trust=trust)
+    # the allow-list (models._trust) decides what a card may import and call
+    ctor = resolve_constructor(arch, trust=trust)
+    check_no_download(ctor, args)
     try:
         params = inspect.signature(ctor).parameters
     except (TypeError, ValueError):

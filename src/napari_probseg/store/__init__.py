@@ -42,6 +42,10 @@ Safety:
   A save whose ``parent_version`` is no longer the rater's latest becomes a new version with
   ``conflict=True`` (and ``based_on``); nothing is overwritten.
 - Image, rater and run ids are validated identifiers (:func:`validate_identifier`), never raw paths.
+- The store never follows a symbolic link: every write and delete checks its target
+  (``_fs.check_within``), and a store holding a link is refused by :meth:`ProjectStore.open`
+  with :class:`StoreLinkError` (``ProjectStore.open(path, mode="r", allow_links=True).verify()``
+  lists them).
 
 The ``probseg`` schema version is in the root attributes; opening a store written by a newer
 schema raises :class:`StoreVersionError`. ``docs/STORE.md`` describes the layout in more detail.
@@ -51,6 +55,7 @@ from napari_probseg.store._errors import (
     InvalidIdentifierError,
     StoreCorruptionError,
     StoreError,
+    StoreLinkError,
     StoreVersionError,
 )
 from napari_probseg.store._export import export_store, majority_vote
@@ -76,6 +81,7 @@ __all__ = [
     "ProjectStore",
     "StoreCorruptionError",
     "StoreError",
+    "StoreLinkError",
     "StoreVersionError",
     "export_store",
     "majority_vote",

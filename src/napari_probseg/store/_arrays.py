@@ -192,13 +192,21 @@ def write_array(
             sl = _slices(idx, chunks)
             key = "/".join(map(str, idx))
             if np.array_equal(data[sl], parent_data[sl]):
-                if key in parent_index:
-                    dst = chunk_path(dest, key)
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    if link_or_copy(chunk_path(parent, key), dst):
-                        linked.add(key)
-            else:
-                arr[sl] = data[sl]
+                if key not in parent_index:
+                    continue  # both hold only the fill value: no chunk file
+                src = chunk_path(parent, key)
+                # A damaged parent must never block a save nor spread: link only a chunk file
+                # that is present and matches the parent's index, else write the data afresh.
+                try:
+                    if file_hash(src) == parent_index[key]:
+                        dst = chunk_path(dest, key)
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        if link_or_copy(src, dst):
+                            linked.add(key)
+                        continue
+                except OSError:
+                    pass
+            arr[sl] = data[sl]
     index, written, nbytes = {}, 0, 0
     for key in sorted(list_chunk_keys(dest)):
         if key in linked:
@@ -366,7 +374,9 @@ def check_array(
 # --- OME-Zarr 0.5 metadata -------------------------------------------------------------------
 
 
-def multiscales(name: str, scale: tuple[float, ...], unit: str | None = None) -> list[dict]:
+def multiscales(
+    name: str, scale: tuple[float, ...], unit: str | None = None, *, path: str = "0"
+) -> list[dict]:
     """One-level OME-Zarr 0.5 ``multiscales`` for spatial axes (z, y, x) or (y, x)."""
     axes = []
     for n in SPATIAL_AXES[-len(scale) :]:
@@ -380,7 +390,7 @@ def multiscales(name: str, scale: tuple[float, ...], unit: str | None = None) ->
             "axes": axes,
             "datasets": [
                 {
-                    "path": "0",
+                    "path": path,
                     "coordinateTransformations": [{"type": "scale", "scale": list(scale)}],
                 }
             ],
@@ -396,12 +406,15 @@ def image_attrs(name: str, scale: tuple[float, ...], unit: str | None, probseg: 
     }
 
 
-def label_attrs(name: str, scale: tuple[float, ...], unit: str | None, probseg: dict) -> dict:
-    """Attributes of an OME-Zarr label image (``image-label`` pointing back at the image)."""
+def label_attrs(
+    name: str, scale: tuple[float, ...], unit: str | None, probseg: dict, *, path: str = "0"
+) -> dict:
+    """Attributes of an OME-Zarr label image (``image-label`` pointing back at the image);
+    ``path`` names its array."""
     return {
         "ome": {
             "version": "0.5",
-            "multiscales": multiscales(name, scale, unit),
+            "multiscales": multiscales(name, scale, unit, path=path),
             "image-label": {"version": "0.5", "source": {"image": "../../"}},
         },
         "probseg": probseg,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -10,10 +9,11 @@ import numpy as np
 from napari_probseg.store._arrays import SPATIAL_AXES, read_array, write_array
 from napari_probseg.store._fs import (
     atomic_write_json,
-    fsync_dir,
     group_json,
+    make_dirs,
     read_attrs,
     remove_tree,
+    rename_into,
 )
 from napari_probseg.store._meta import (
     DraftInfo,
@@ -108,11 +108,15 @@ class DraftsMixin:
                 dtype=record["dtype"],
                 extra=extra,
             )
-            directory.mkdir(parents=True, exist_ok=True)
+            if not directory.is_dir():
+                image_dir = self._image_dir(image_id)
+                self._check_new_name(
+                    [image_dir / "annotations", image_dir / "drafts"], rater, "rater"
+                )
+            make_dirs(directory, staging=stage)
             if (directory / name).exists():
                 remove_tree(directory / name, staging=stage)
-            os.rename(stage / "draft", directory / name)
-            fsync_dir(directory)
+            rename_into(stage / "draft", directory / name, staging=stage)
             attrs = {"kind": "draft", "current": name, "counter": counter, "info": draft.to_dict()}
             atomic_write_json(
                 directory / "zarr.json", group_json({"probseg": attrs}), staging=stage

@@ -24,3 +24,16 @@ class StoreCorruptionError(StoreError):
 
 class InvalidIdentifierError(ValueError):
     """An image, rater or run identifier is not a safe identifier (never used as a raw path)."""
+
+
+class StoreLinkError(StoreError):
+    """A store path is, or passes through, a symbolic link (or resolves outside the store).
+
+    The store never follows links: every write and delete checks its target first, and opening a
+    store that holds a link fails (``probseg store verify`` lists the links). ``path`` names it.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

@@ -12,6 +12,9 @@ from napari_probseg.core._validation import check_choice
 
 PER_CHOICES = ("rater", "consensus")
 FORMATS = ("nnunet", "monai")
+#: Separator of ``<image>+<rater>`` case names: not an identifier character, so names never
+#: collide (``a_b`` + ``c`` and ``a`` + ``b_c`` stay ``a_b+c`` and ``a+b_c``).
+CASE_SEPARATOR = "+"
 
 
 def majority_vote(masks: list[np.ndarray]) -> np.ndarray:
@@ -65,7 +68,7 @@ def _cases(
         masks = {r: store.latest(image_id, r)[0] for r in raters}
         if per == "rater":
             for r, m in masks.items():
-                cases.append((f"{image_id}_{r}", image_id, r, image, m, scale))
+                cases.append((f"{image_id}{CASE_SEPARATOR}{r}", image_id, r, image, m, scale))
         else:
             cases.append(
                 (image_id, image_id, None, image, majority_vote(list(masks.values())), scale)
@@ -73,13 +76,26 @@ def _cases(
     return cases
 
 
+def _check_case_names(cases: list) -> None:
+    """Refuse two cases whose file names are equal, or equal but for letter case (one file on
+    Windows and macOS)."""
+    seen: dict[str, str] = {}
+    for case, *_ in cases:
+        other = seen.setdefault(case.lower(), case)
+        if other != case or sum(c[0] == case for c in cases) > 1:
+            raise ValueError(f"cases: {other!r} and {case!r} would be the same export file")
+
+
 def _label_names(store: Any, cases: list) -> dict[str, int]:
     top = max((int(c[4].max()) for c in cases), default=1)
     names = list(store.class_names or [])
     if not names:
         names = ["background"] + [f"label_{i}" for i in range(1, max(top, 1) + 1)]
-    while len(names) <= top:
-        names.append(f"label_{len(names)}")
+    if top >= len(names):  # never invent class names the store does not define
+        case = next(c[0] for c in cases if int(c[4].max()) == top)
+        raise ValueError(
+            f"labels: case {case!r} holds label {top}, outside the store's classes {names}"
+        )
     return {name: i for i, name in enumerate(names)}
 
 
@@ -98,7 +114,7 @@ def export_store(store: Any, out: str | Path, *, format: str, per: str = "rater"
         ``labels/<case>.nii.gz`` and ``datalist.json`` (``{"training": [{"image", "label", ...}]}``
         with paths relative to ``out``, for ``monai.data.load_decathlon_datalist``).
     per : {"rater", "consensus"}
-        One case per image and rater (latest version, case ``<image>_<rater>``), or one case per
+        One case per image and rater (latest version, case ``<image>+<rater>``), or one case per
         image with the raters' majority vote (:func:`majority_vote`).
 
     Returns
@@ -115,6 +131,8 @@ def export_store(store: Any, out: str | Path, *, format: str, per: str = "rater"
     cases = _cases(store, per)
     if not cases:
         raise ValueError(f"store: {store.path} holds no annotated image to export")
+    _check_case_names(cases)
+    labels = _label_names(store, cases)  # before any file is written
     img_dir, lbl_dir = ("imagesTr", "labelsTr") if format == "nnunet" else ("images", "labels")
     (out / img_dir).mkdir(parents=True, exist_ok=True)
     (out / lbl_dir).mkdir(parents=True, exist_ok=True)
@@ -136,7 +154,6 @@ def export_store(store: Any, out: str | Path, *, format: str, per: str = "rater"
                 "rater": rater,
             }
         )
-    labels = _label_names(store, cases)
     if format == "nnunet":
         index: dict[str, Any] = {
             "channel_names": {"0": "image"},

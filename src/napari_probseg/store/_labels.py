@@ -1,14 +1,23 @@
 """Derived state: each rater's latest committed version mirrored as an OME-Zarr label image.
 
-``images/<id>/labels/<rater>`` is a copy (own chunk files, never hard links) of the committed
-version it names in ``attributes.probseg.version``; it is rebuilt from the versions whenever it is
-stale or damaged, so it can never lose committed work.
+``images/<id>/labels/<rater>`` is a copy (own chunk files, never hard links to a version) of the
+committed version it names in ``attributes.probseg.version``; it is rebuilt from the versions
+whenever it is stale or damaged, so it can never lose committed work.
+
+Publication is atomic for NGFF readers: each update writes a complete new array
+``labels/<rater>/<vNNNNNN>`` beside the current one (unchanged chunk files hard-linked from the
+current *label* array, changed ones copied from the version), then replaces the label group's
+``zarr.json`` (whose ``multiscales`` dataset path names the array) in one ``os.replace``. The
+previous array is kept until the next update, so a reader that read the old ``zarr.json`` still
+finds every chunk it names.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +27,19 @@ from napari_probseg.store._arrays import (
     file_hash,
     label_attrs,
     labels_list_attrs,
-    list_chunk_keys,
     read_array_meta,
 )
 from napari_probseg.store._errors import StoreCorruptionError
 from napari_probseg.store._fs import (
     atomic_write_json,
-    copy_file_atomic,
     fsync_dir,
     fsync_tree,
     group_json,
+    make_dirs,
     read_attrs,
     read_json,
     remove_tree,
+    rename_into,
 )
 from napari_probseg.store._meta import AnnotationVersion
 
@@ -48,54 +57,56 @@ class LabelsMixin:
     def _sync_label(
         self, image_id: str, rater: str, version: AnnotationVersion, stage: Path
     ) -> None:
-        """Make ``labels/<rater>`` a copy of ``version`` (caller holds the image lock).
+        """Publish ``version`` as ``labels/<rater>`` (caller holds the image lock).
 
-        Only chunks that differ are copied. The label group's ``probseg.version`` is written last,
-        so a crash leaves it naming an older version and the next open/verify resyncs it fully.
+        A new array is written aside (see the module docstring) and made current by replacing the
+        group's ``zarr.json``; arrays older than the one it replaces are removed.
         """
         info = self.image_info(image_id)
         src = self._ann_dir(image_id, rater) / version_name(version.version)
         label_dir = self._label_dir(image_id, rater)
-        dst = label_dir / "0"
-        current = None
-        if label_dir.is_dir():
+        current = _current_array(label_dir)
+        current_index: dict[str, str] = {}
+        if current is not None:
             try:
-                current = read_attrs(label_dir, "label").get("version")
-                dst_index = read_array_meta(dst)["index"]
-            except (StoreCorruptionError, FileNotFoundError):
-                current, dst_index = None, None
-        else:
-            build = stage / "label"
-            (build / "0").mkdir(parents=True)
-            shutil.copyfile(src / "zarr.json", build / "0" / "zarr.json")
-            self._write_label_group(build, image_id, rater, None, info, stage)
-            fsync_tree(build)
-            os.rename(build, label_dir)
-            fsync_dir(label_dir.parent)
-            dst_index = None
+                current_index = read_array_meta(label_dir / current)["index"]
+            except (StoreCorruptionError, FileNotFoundError, KeyError, TypeError):
+                current = None
         src_index = read_array_meta(src)["index"]
-        if current is not None and dst_index is not None and current == version.previous:
-            # Incremental: the derived copy is the previous version; its own index says what it holds.
-            for key, h in src_index.items():
-                if dst_index.get(key) != h:
-                    copy_file_atomic(chunk_path(src, key), chunk_path(dst, key), staging=stage)
-            for key in set(dst_index) - set(src_index):
-                chunk_path(dst, key).unlink(missing_ok=True)
-        else:
-            self._full_resync(src, dst, src_index, stage)
-        copy_file_atomic(src / "zarr.json", dst / "zarr.json", staging=stage)
-        self._write_label_group(label_dir, image_id, rater, version, info, stage)
-        self._write_labels_list(image_id, stage, ensure=rater)
-
-    @staticmethod
-    def _full_resync(src: Path, dst: Path, src_index: dict[str, str], stage: Path) -> None:
-        present = list_chunk_keys(dst)
+        build = stage / "label-array"
+        build.mkdir()
+        shutil.copyfile(src / "zarr.json", build / "zarr.json")
         for key, h in src_index.items():
-            path = chunk_path(dst, key)
-            if key not in present or file_hash(path) != h:
-                copy_file_atomic(chunk_path(src, key), path, staging=stage)
-        for key in present - set(src_index):
-            chunk_path(dst, key).unlink(missing_ok=True)
+            dst = chunk_path(build, key)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if current is not None and current_index.get(key) == h:
+                old = chunk_path(label_dir / current, key)
+                try:  # label arrays may share files with each other, never with versions
+                    if file_hash(old) == h:
+                        os.link(old, dst)
+                        continue
+                except OSError:
+                    pass
+            shutil.copyfile(chunk_path(src, key), dst)
+        fsync_tree(build)
+        name = version_name(version.version)
+        if name == current or (label_dir / name).exists():
+            name = f"{name}-{uuid.uuid4().hex[:6]}"  # a resync: never touch what readers see
+        if not label_dir.is_dir():
+            group = stage / "label"
+            group.mkdir()
+            os.rename(build, group / name)
+            self._write_label_group(group, image_id, rater, version, info, stage, array=name)
+            fsync_dir(group)
+            rename_into(group, label_dir, staging=stage)
+        else:
+            rename_into(build, label_dir / name, staging=stage)
+            # the publication point: one os.replace of the group's zarr.json
+            self._write_label_group(label_dir, image_id, rater, version, info, stage, array=name)
+            for entry in sorted(label_dir.iterdir()):
+                if entry.is_dir() and entry.name not in (name, current):
+                    remove_tree(entry, staging=stage)
+        self._write_labels_list(image_id, stage, ensure=rater)
 
     def _write_label_group(
         self,
@@ -105,6 +116,8 @@ class LabelsMixin:
         version: AnnotationVersion | None,
         info: dict[str, Any],
         stage: Path,
+        *,
+        array: str = "0",
     ) -> None:
         probseg = {
             "kind": "label",
@@ -119,8 +132,9 @@ class LabelsMixin:
             "role": None if version is None else version.role,
             "created": None if version is None else version.created,
             "content_hash": None if version is None else version.content_hash,
+            "array": array,
         }
-        attrs = label_attrs(rater, info["scale"], info.get("unit"), probseg)
+        attrs = label_attrs(rater, info["scale"], info.get("unit"), probseg, path=array)
         atomic_write_json(label_dir / "zarr.json", group_json(attrs), staging=stage)
 
     def _write_labels_list(self, image_id: str, stage: Path, *, ensure: str | None = None) -> None:
@@ -142,9 +156,12 @@ class LabelsMixin:
 
     def _label_is_current(self, image_id: str, rater: str, latest: AnnotationVersion) -> bool:
         label_dir = self._label_dir(image_id, rater)
+        array = _current_array(label_dir)
+        if array is None:
+            return False
         try:
             attrs = read_attrs(label_dir, "label")
-            meta = read_array_meta(label_dir / "0")
+            meta = read_array_meta(label_dir / array)
         except (StoreCorruptionError, FileNotFoundError):
             return False
         return (
@@ -179,21 +196,13 @@ class LabelsMixin:
         repaired = []
         with self._writing(image_id) as stage:
             labels_dir = self._image_dir(image_id) / "labels"
-            labels_dir.mkdir(exist_ok=True)
+            make_dirs(labels_dir, staging=stage)
             raters = self.raters(image_id)
             for rater in raters:
                 latest = self._load_versions(image_id, rater)[-1]
                 if not self._label_is_current(image_id, rater, latest) or not self._label_chunks_ok(
                     image_id, rater, latest
                 ):
-                    label_dir = self._label_dir(image_id, rater)
-                    if label_dir.is_dir():  # resync in place, forcing a full comparison
-                        try:
-                            attrs = read_json(label_dir / "zarr.json")
-                            attrs["attributes"]["probseg"]["version"] = None
-                            atomic_write_json(label_dir / "zarr.json", attrs, staging=stage)
-                        except (FileNotFoundError, StoreCorruptionError, KeyError, TypeError):
-                            remove_tree(label_dir, staging=stage)
                     self._sync_label(image_id, rater, latest, stage)
                     repaired.append(rater)
             for entry in labels_dir.iterdir():
@@ -203,6 +212,23 @@ class LabelsMixin:
         return repaired
 
     def _label_chunks_ok(self, image_id: str, rater: str, latest: AnnotationVersion) -> bool:
-        return not check_array(
-            self._label_dir(image_id, rater) / "0", expected_hash=latest.content_hash
+        label_dir = self._label_dir(image_id, rater)
+        array = _current_array(label_dir)
+        return array is not None and not check_array(
+            label_dir / array, expected_hash=latest.content_hash
         )
+
+
+_ARRAY_NAME = re.compile(r"0|v\d{6}(-[0-9a-f]{6})?")
+
+
+def _current_array(label_dir: Path) -> str | None:
+    """Name of the array a label group publishes (its ``probseg.array``), or None.
+
+    The name comes from the store, so it must look like one we write (never a path).
+    """
+    try:
+        name = read_attrs(label_dir, "label").get("array", "0")
+    except (StoreCorruptionError, FileNotFoundError, NotADirectoryError):
+        return None
+    return name if isinstance(name, str) and _ARRAY_NAME.fullmatch(name) else None

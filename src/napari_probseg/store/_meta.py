@@ -38,16 +38,28 @@ def validate_identifier(value: Any, name: str) -> str:
         raise InvalidIdentifierError(
             f"{name}: expected a string identifier, got {type(value).__name__}"
         )
-    if (
-        not _ID_RE.fullmatch(value)
-        or value[0] in ".-"
-        or value in (".", "..")
-        or value.upper().split(".")[0] in _WINDOWS_RESERVED
-    ):
+    if not _ID_RE.fullmatch(value) or value[0] in ".-" or value[-1] == "." or value in (".", ".."):
         raise InvalidIdentifierError(
             f"{name}: {value!r} is not a valid identifier (1-64 letters, digits, '.', '_' or '-', "
-            "not starting with '.' or '-')"
+            "not starting with '.' or '-', not ending with '.')"
         )
+    if value.upper().split(".")[0] in _WINDOWS_RESERVED:
+        raise InvalidIdentifierError(
+            f"{name}: {value!r} is a reserved device name on Windows (CON, PRN, AUX, NUL, "
+            "COM0-9, LPT0-9); choose another identifier"
+        )
+    return value
+
+
+def check_case_collision(value: str, existing: Any, name: str) -> str:
+    """Refuse ``value`` when an ``existing`` identifier differs from it only in letter case
+    (they would be one folder on the case-insensitive file systems of Windows and macOS)."""
+    for other in existing:
+        if other != value and other.lower() == value.lower():
+            raise InvalidIdentifierError(
+                f"{name}: {value!r} differs from the existing {other!r} only in letter case; "
+                "they collide on Windows and macOS file systems"
+            )
     return value
 
 
@@ -75,9 +87,7 @@ def zarr_children(base: Any, name: str) -> list[str]:
 
 # Device names that cannot be file names on Windows.
 _WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"]
-    + [f"COM{i}" for i in range(1, 10)]
-    + [f"LPT{i}" for i in range(1, 10)]
+    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(10)] + [f"LPT{i}" for i in range(10)]
 )
 
 

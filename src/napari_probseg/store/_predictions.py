@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +15,9 @@ from napari_probseg.store._fs import (
     fsync_dir,
     fsync_tree,
     group_json,
+    make_dirs,
     read_attrs,
+    rename_into,
 )
 from napari_probseg.store._meta import to_jsonable, utc_now, validate_identifier, zarr_children
 
@@ -100,6 +101,7 @@ class PredictionsMixin:
             target = self._image_dir(image_id) / "predictions" / run_id
             if target.exists():
                 raise ValueError(f"run_id: {run_id!r} already exists for image {image_id!r}")
+            self._check_new_name([target.parent], run_id, "run_id")
             build = stage / "run"
             build.mkdir()
             records = {}
@@ -120,8 +122,8 @@ class PredictionsMixin:
             }
             atomic_write_json(build / "zarr.json", group_json({"probseg": attrs}), staging=stage)
             fsync_tree(build)
-            target.parent.mkdir(exist_ok=True)
-            os.rename(build, target)
+            make_dirs(target.parent, staging=stage)
+            rename_into(build, target, staging=stage)
             fsync_dir(target.parent)
         return run_id
 

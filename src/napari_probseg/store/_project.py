@@ -23,21 +23,30 @@ from napari_probseg.store._arrays import (
     write_array,
 )
 from napari_probseg.store._drafts import DraftsMixin
-from napari_probseg.store._errors import StoreCorruptionError, StoreError, StoreVersionError
+from napari_probseg.store._errors import (
+    StoreCorruptionError,
+    StoreError,
+    StoreLinkError,
+    StoreVersionError,
+)
 from napari_probseg.store._fs import (
     atomic_write_json,
+    check_within,
     file_lock,
-    fsync_dir,
+    find_links,
     fsync_tree,
     group_json,
+    make_dirs,
     read_attrs,
     read_json,
     remove_tree,
+    rename_into,
 )
 from napari_probseg.store._labels import LabelsMixin, version_name
 from napari_probseg.store._meta import (
     SCHEMA_VERSION,
     AnnotationVersion,
+    check_case_collision,
     check_role,
     check_time_spent,
     check_tools,
@@ -137,7 +146,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
         return cls(path, "r+", root)
 
     @classmethod
-    def open(cls, path: str | Path, *, mode: str = "r+") -> ProjectStore:
+    def open(cls, path: str | Path, *, mode: str = "r+", allow_links: bool = False) -> ProjectStore:
         """Open an existing store.
 
         Parameters
@@ -156,6 +165,8 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             If the store was written by a newer schema version.
         StoreCorruptionError
             If the root metadata is damaged.
+        StoreLinkError
+            If the store holds a symbolic link (the store never follows links).
         """
         if mode not in MODES:
             raise ValueError(f"mode: expected 'r' or 'r+', got {mode!r}")
@@ -176,8 +187,17 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
                 f"{path}: store schema version {version} is newer than this napari-probseg "
                 f"({__version__}) supports ({SCHEMA_VERSION}); upgrade napari-probseg"
             )
+        links = find_links(path)
+        if links and not (allow_links and mode == "r"):
+            raise StoreLinkError(
+                links[0],
+                f"is a symbolic link (to {os.readlink(links[0])!r}) inside the store {path}; a "
+                f"store never follows links, so it cannot be opened ({len(links)} link(s); "
+                "`probseg store verify` lists them) -- remove them",
+            )
         store = cls(path, mode, root)
         if mode == "r+":
+            store._clean_idle_staging()
             store._quick_repair()
         return store
 
@@ -197,13 +217,22 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
     # --- paths, locks, staging ---------------------------------------------------------------
 
     def _image_dir(self, image_id: str) -> Path:
-        return self.path / "images" / validate_identifier(image_id, "image_id")
+        directory = self.path / "images" / validate_identifier(image_id, "image_id")
+        if directory.is_symlink():  # cheap; writes check every component (_fs.check_within)
+            check_within(directory, self.path)
+        return directory
 
     def _ann_dir(self, image_id: str, rater: str) -> Path:
         return self._image_dir(image_id) / "annotations" / validate_identifier(rater, "rater")
 
     def _label_dir(self, image_id: str, rater: str) -> Path:
         return self._image_dir(image_id) / "labels" / validate_identifier(rater, "rater")
+
+    @staticmethod
+    def _check_new_name(parents: list[Path], value: str, name: str) -> None:
+        """Refuse a new id that differs from an existing one only in case (caller holds the lock)."""
+        existing = [e for p in parents if p.is_dir() for e in os.listdir(p)]
+        check_case_collision(value, existing, name)
 
     def _check_writable(self) -> None:
         if self.mode != "r+":
@@ -215,16 +244,81 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             return
         for entry in self._tmp.iterdir():
             if entry.name.split("+")[0] == owner:
-                if entry.is_dir():
+                if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
 
+    def _idle_owners(self) -> list[str]:
+        """Owners of staging leftovers whose writer is gone (their lock is free right now)."""
+        if not self._tmp.is_dir():
+            return []
+        idle = []
+        for owner in sorted({e.name.split("+")[0] for e in self._tmp.iterdir()}):
+            lock = self._internal / "locks" / f"{owner}.lock"
+            try:
+                if owner != ".root":
+                    validate_identifier(owner, "owner")
+                if not lock.is_file():  # staging is only made under the lock: its writer is gone
+                    idle.append(owner)
+                    continue
+                with file_lock(lock, timeout=0):
+                    idle.append(owner)
+            except (StoreError, ValueError, OSError):
+                continue  # a writer is at work (or a stray name): not a leftover
+        return idle
+
+    def _clean_idle_staging(self) -> None:
+        """Remove what crashed writers left in staging (on read-write open)."""
+        for owner in self._idle_owners():
+            try:
+                with file_lock(self._internal / "locks" / f"{owner}.lock", timeout=0):
+                    self._clean_staging(owner)
+            except (StoreError, OSError):
+                continue
+
+    def _check_links(self, *tops: Path) -> None:
+        """Refuse to write when the internal folder or ``tops`` hold a symbolic link."""
+        check_within(self._tmp, self.path)
+        for top in (self._internal, *tops):
+            check_within(top, self.path)
+            links = find_links(top) if top.is_dir() else []
+            if links:
+                raise StoreLinkError(
+                    links[0],
+                    f"is a symbolic link (to {os.readlink(links[0])!r}); the store never follows "
+                    "links -- remove it (probseg store verify lists every link)",
+                )
+
+    @contextlib.contextmanager
+    def _reading(self, owner: str) -> Iterator[None]:
+        """Hold ``owner``'s lock shared: a consistent view while writers wait (for verify).
+
+        Lock files are not data; on a read-only file system the view is simply not locked.
+        """
+        try:
+            lock = file_lock(self._internal / "locks" / f"{owner}.lock", shared=True)
+            lock.__enter__()
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
+
     @contextlib.contextmanager
     def _writing(self, owner: str) -> Iterator[Path]:
-        """Hold ``owner``'s lock (an image id, or ``.root``) and yield a fresh staging dir."""
+        """Hold ``owner``'s lock (an image id, or ``.root``) and yield a fresh staging dir.
+
+        Under the lock, the owner's image folder is checked for symbolic links first (a link
+        created after the store was opened must not redirect this write).
+        """
         self._check_writable()
+        self._check_links()
         with file_lock(self._internal / "locks" / f"{owner}.lock"):
+            image_dir = self.path / "images" / owner
+            self._check_links(*([image_dir] if owner != ".root" and image_dir.exists() else []))
             self._clean_staging(owner)
             stage = self._tmp / f"{owner}+{uuid.uuid4().hex}"
             stage.mkdir(parents=True)
@@ -285,10 +379,12 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
         label_chunks = self._check_chunks(label_chunks, arr.shape, "label_chunks", label=True)
         metadata = to_jsonable(metadata or {}, "metadata")
         axes = SPATIAL_AXES[-arr.ndim :]
+        self._check_new_name([self.path / "images"], image_id, "image_id")  # before any lock file
         with self._writing(image_id) as stage:
             target = self._image_dir(image_id)
             if target.exists():
                 raise ValueError(f"image_id: {image_id!r} already exists in {self.path}")
+            self._check_new_name([self.path / "images"], image_id, "image_id")
             build = stage / "image"
             record, _ = write_array(build / "0", arr, chunks=chunks, dimension_names=axes)
             for sub, kind in (("annotations", "annotations"), ("predictions", "predictions")):
@@ -324,8 +420,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
                 staging=stage,
             )
             fsync_tree(build)
-            os.rename(build, target)
-            fsync_dir(target.parent)
+            rename_into(build, target, staging=stage)
         return image_id
 
     @staticmethod
@@ -473,8 +568,15 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             raise ValueError(f"{name}: expected the image's shape {tuple(shape)}, got {arr.shape}")
         if arr.size and arr.min() < 0:
             raise ValueError(f"{name}: labels must be >= 0 (0 = background)")
-        if arr.size and int(arr.max()) > np.iinfo(np.uint32).max:
+        top = int(arr.max()) if arr.size else 0
+        if top > np.iinfo(np.uint32).max:
             raise ValueError(f"{name}: labels must fit in uint32")
+        classes = self.class_names
+        if classes and top >= len(classes):
+            raise ValueError(
+                f"{name}: label {top} is outside the store's classes {classes} "
+                f"(labels 0..{len(classes) - 1})"
+            )
         return arr
 
     def save_annotation(
@@ -566,7 +668,11 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
             number = len(versions) + 1
             ann_dir = self._ann_dir(image_id, rater)
             if not ann_dir.is_dir():
-                ann_dir.mkdir(parents=True)
+                image_dir = self._image_dir(image_id)
+                self._check_new_name(
+                    [image_dir / "annotations", image_dir / "drafts"], rater, "rater"
+                )
+                make_dirs(ann_dir, staging=stage)
                 self._write_manifest(image_id, rater, [], stage)
             target = ann_dir / version_name(number)
             if target.exists():  # written by a writer that died before committing
@@ -606,8 +712,7 @@ class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
                 software=f"napari-probseg {__version__}",
                 extra=extra,
             )
-            os.rename(stage / "version", target)
-            fsync_dir(ann_dir)
+            rename_into(stage / "version", target, staging=stage)
             self._write_manifest(image_id, rater, [*versions, version], stage)  # the commit
             self._sync_label(image_id, rater, version, stage)
             if not keep_draft:

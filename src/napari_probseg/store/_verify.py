@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from napari_probseg.store._arrays import check_array
 from napari_probseg.store._errors import StoreCorruptionError
-from napari_probseg.store._fs import read_attrs, read_json
+from napari_probseg.store._fs import find_links, read_attrs, read_json
 from napari_probseg.store._meta import Problem, validate_identifier
 
 
@@ -35,14 +36,30 @@ class VerifyMixin:
         """
         if repair:
             self._check_writable()
-        problems: list[Problem] = []
-        cache: dict[tuple[int, ...], str] = {}
-        for entry in sorted(self._tmp.iterdir()) if self._tmp.is_dir() else []:
-            problems.append(
-                Problem("warning", str(entry), "leftover of an interrupted write", repairable=True)
+        problems: list[Problem] = [
+            Problem(
+                "error",
+                str(link),
+                f"symbolic link (to {os.readlink(link)!r}); the store never follows links and "
+                "cannot be opened while it holds one -- remove it",
             )
-        if repair and self._tmp.is_dir():
-            for owner in {e.name.split("+")[0] for e in self._tmp.iterdir()}:
+            for link in find_links(self.path)
+        ]
+        if problems and repair:
+            self._check_links(self.path / "images")  # raises StoreLinkError naming the first
+        if problems:  # reading on would follow them
+            return problems
+        cache: dict[tuple[int, ...], str] = {}
+        idle = set(self._idle_owners())  # a writer at work now is no leftover
+        for entry in sorted(self._tmp.iterdir()) if self._tmp.is_dir() else []:
+            if entry.name.split("+")[0] in idle:
+                problems.append(
+                    Problem(
+                        "warning", str(entry), "leftover of an interrupted write", repairable=True
+                    )
+                )
+        if repair:
+            for owner in idle:
                 with self._writing(owner):
                     pass  # _writing cleans the owner's leftovers under its lock
         base = self.path / "images"
@@ -56,7 +73,11 @@ class VerifyMixin:
                     Problem("warning", str(entry), "unexpected entry (not an image id)")
                 )
                 continue
-            problems.extend(self._verify_image(entry.name, cache, repair))
+            if repair:  # the repair takes the image's write lock itself
+                problems.extend(self._verify_image(entry.name, cache, repair))
+            else:  # commits running meanwhile wait, so nothing half-written is reported
+                with self._reading(entry.name):
+                    problems.extend(self._verify_image(entry.name, cache, repair))
         return problems
 
     def _verify_image(self, image_id: str, cache: dict, repair: bool) -> list[Problem]:
@@ -146,8 +167,13 @@ class VerifyMixin:
                     )
                 )
                 continue
+            from napari_probseg.store._labels import _current_array
+
             found += check_array(
-                label_dir / "0", expected_hash=latest.content_hash, repairable=True, cache=cache
+                label_dir / str(_current_array(label_dir)),
+                expected_hash=latest.content_hash,
+                repairable=True,
+                cache=cache,
             )
         try:
             listed: Any = read_json(labels_dir / "zarr.json")["attributes"]["ome"]["labels"]
