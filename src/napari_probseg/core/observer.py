@@ -140,20 +140,20 @@ class MetricSummary:
 
 
 def iou_matrix(
-    masks_a: Any,
-    masks_b: Any = None,
+    masks: Any,
+    others: Any = None,
     *,
     n_classes: int | None = None,
     chunk_pixels: int = _DEFAULT_CHUNK,
 ) -> np.ndarray:
-    """IoU of every mask of ``masks_a`` with every mask of ``masks_b``.
+    """IoU of every mask of ``masks`` with every mask of ``others`` (the package's one IoU matrix).
 
     Parameters
     ----------
-    masks_a : ndarray or Tensor, shape (N, *spatial)
+    masks : ndarray or Tensor, shape (N, *spatial)
         Integer labels, 0 = background.
-    masks_b : ndarray or Tensor, shape (M, *spatial), optional
-        Second mask set (default ``masks_a``).
+    others : ndarray or Tensor, shape (M, *spatial), optional
+        Second mask set (default ``masks``).
     n_classes : int, optional
         Number of classes including background (default: largest label + 1).
     chunk_pixels : int
@@ -165,10 +165,10 @@ def iou_matrix(
         IoU averaged over the foreground classes present in either mask; 1 where both are empty.
     """
     chunk_pixels = min(check_positive_int(chunk_pixels, "chunk_pixels"), _MAX_CHUNK)
-    a = check_masks(masks_a, "masks_a")
-    b = a if masks_b is None else check_masks(masks_b, "masks_b")
-    _check_same_spatial(a, b, "masks_b")
-    if masks_b is None:
+    a = check_masks(masks, "masks")
+    b = a if others is None else check_masks(others, "others")
+    _check_same_spatial(a, b, "others")
+    if others is None:
         return _iou_from_counts(_intersections([a], n_classes, chunk_pixels))
     inter = _intersections([a, b], n_classes, chunk_pixels, cross_only=True)
     n = len(a)

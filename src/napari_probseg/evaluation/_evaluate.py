@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_probseg.core._serialize import to_jsonable as _jsonable
 from napari_probseg.core.aggregate import AGGREGATIONS, aggregate
 from napari_probseg.core.calibration import CalibrationAccumulator, adaptive_ece
 from napari_probseg.core.introspection import aurc, dice_risk, pavpu
@@ -588,18 +589,3 @@ def _n_classes(run: RunData, masks: np.ndarray) -> int:
     return max(
         run.probs.shape[0], int(masks.max(initial=0)) + 1, int(run.samples.max(initial=0)) + 1
     )
-
-
-def _jsonable(value: Any) -> Any:
-    """numpy -> Python, NaN/Inf -> None, tuples -> lists (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
