@@ -366,7 +366,7 @@ def _structure(samples: np.ndarray, cluster_iou: float) -> list[dict[str, Any]]:
         )
     groups = distinct_hypotheses(samples, max_distance=1.0 - cluster_iou, max_hypotheses=n)
     shares = np.array([g.share for g in groups], np.float64)
-    cluster = float(max(-(shares * np.log2(shares)).sum(), 0.0))
+    cluster = float(max(-(shares * np.log2(shares)).sum(), 0.0)) + 0.0  # never -0.0
     return [
         {
             "measure": "pairwise_dice",
