@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 
 from napari_probseg.core._serialize import to_jsonable as _jsonable
-from napari_probseg.core.aggregate import AGGREGATIONS, aggregate
+from napari_probseg.core.aggregate import AGGREGATIONS
 from napari_probseg.core.calibration import CalibrationAccumulator, adaptive_ece
 from napari_probseg.core.introspection import aurc, dice_risk, pavpu
 from napari_probseg.core.observer import ged, hm_iou, observer_metrics, summarize
-from napari_probseg.core.structure import pairwise_dice, volume_cov
 from napari_probseg.core.uncertainty import entropy
 from napari_probseg.evaluation._runs import RunData, load_run
 
@@ -446,7 +445,9 @@ def _evaluate_image(
     u_t = pavpu_threshold * math.log(probs.shape[0])
     pv = [pavpu(pred, ref, pe, uncertainty_threshold=u_t) for ref in hard]
     dice = float(np.mean([1.0 - dice_risk(pred, ref) for ref in hard]))
-    score = _aggregate(pe, pred, aggregation, u_t)
+    summary = run_summary(data, pe, aggregation=_aggregation_spec(aggregation, u_t))
+    score = summary["scores"][0]
+    structure = {m["measure"]: m["value"] for m in summary["structure"]}
     values = {
         "ece": cal.ece,
         "mce": cal.mce,
@@ -457,12 +458,12 @@ def _evaluate_image(
         "hm_iou": obs.hm_iou.hm_iou,
         "ncc": obs.ncc,
         "pavpu": float(np.mean([p.pavpu for p in pv])),
-        "pairwise_dice": pairwise_dice(samples),
-        "volume_cov": volume_cov(samples),
+        "pairwise_dice": _nan(structure.get("pairwise_dice")),
+        "volume_cov": _nan(structure.get("volume_cov")),
         "dice": dice,
         "mean_mutual_information": mean_mi,
         "mean_predictive_entropy": float(np.mean(pe)),
-        "uncertainty": score.value,
+        "uncertainty": _nan(score["value"]),
     }
     meanings = data.metadata.get("meanings") or {}
     return ImageEvaluation(
@@ -495,11 +496,11 @@ def _evaluate_image(
             "patch_size": list(pv[0].patch_size),
         },
         uncertainty={
-            "map": "predictive_entropy",
-            "aggregation": score.method,
-            "params": score.params,
-            "description": score.description,
-            "value": score.value,
+            "map": score["map"],
+            "aggregation": score["aggregation"],
+            "params": score["params"],
+            "description": score["description"],
+            "value": _nan(score["value"]),
         },
         accumulator=acc,
     )
@@ -511,14 +512,64 @@ def _renormalize(probs: np.ndarray) -> np.ndarray:
     return p / np.maximum(p.sum(axis=0, keepdims=True), 1e-12)
 
 
-def _aggregate(pe: np.ndarray, pred: np.ndarray, method: str, u_t: float) -> Any:
-    if method == "foreground_normalized":
-        return aggregate(pe, method=method, mask=pred > 0)
-    if method == "patch_max":
-        return aggregate(pe, method=method, patch_size=tuple(min(8, s) for s in pe.shape))
+def _nan(value: Any) -> float:
+    """The summary's JSON None (undefined) back to NaN for the dataset means."""
+    return float("nan") if value is None else float(value)
+
+
+def _aggregation_spec(method: str, u_t: float) -> dict[str, Any]:
+    """The image score's aggregation; thresholded ones at half the PAvPU threshold."""
     if method.startswith("thresholded"):
-        return aggregate(pe, method=method, threshold=0.5 * u_t)
-    return aggregate(pe, method=method)
+        return {"method": method, "threshold": 0.5 * u_t}
+    return {"method": method}
+
+
+def run_summary(
+    data: RunData, pe: np.ndarray | None = None, *, aggregation: Any = "mean"
+) -> dict[str, Any]:
+    """Return the one image-level summary (:func:`napari_probseg.core.summary.image_summary`)
+    of a stored run, with ``aggregation`` of the predictive entropy as its first score.
+
+    Parameters
+    ----------
+    data : RunData
+        The stored run.
+    pe : ndarray, shape (*S), optional
+        Predictive entropy when the run stores none (default: the stored map, else the entropy
+        of the renormalized mean probabilities).
+    aggregation : str or mapping, keyword-only
+        Aggregation of the first score (see ``image_summary``); the defaults follow.
+    """
+    from napari_probseg.core._terms import SOURCES
+    from napari_probseg.core.summary import DEFAULT_AGGREGATIONS, image_summary
+
+    if pe is None:
+        pe = data.maps.get("predictive_entropy")
+        pe = entropy(_renormalize(data.probs)) if pe is None else np.asarray(pe, np.float64)
+    known = all(s in SOURCES for s in data.source)
+    source = tuple(data.source) if known else ("none",)
+    maps = {"predictive_entropy": np.asarray(pe, np.float64)}
+    if source != ("none",):
+        for name in ("mutual_information", "expected_entropy"):
+            if data.maps.get(name) is not None:
+                maps[name] = data.maps[name]
+    first = aggregation if isinstance(aggregation, dict) else {"method": aggregation}
+    rest = [a for a in DEFAULT_AGGREGATIONS if a != first["method"]]
+    summary = image_summary(
+        mean_probs=data.probs,
+        maps=maps,
+        samples=data.samples,
+        method=data.method,
+        source=source,
+        n_samples=data.n_samples,
+        provenance=data.metadata.get("provenance") or {},
+        aggregations=[first, *rest],
+    )
+    # Order: the requested aggregation of the predictive entropy first.
+    summary["scores"].sort(
+        key=lambda sc: (sc["map"] != "predictive_entropy", sc["aggregation"] != first["method"])
+    )
+    return summary
 
 
 def ged_vs_n(runs: list[RunData], raters: list[np.ndarray]) -> dict[str, Any]:
