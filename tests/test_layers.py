@@ -66,7 +66,7 @@ def test_sample_contours_3d_carry_their_plane():
     ("source", "method", "mi_name"),
     [
         (("parameter",), "mc_dropout", "mutual information (epistemic)"),
-        (("latent",), "ssn", "mutual information (aleatoric)"),
+        (("latent",), "ssn", "mutual information (aleatoric (rater ambiguity, eq. 42))"),
     ],
 )
 def test_layers_names_meanings_visibility_and_scale(source, method, mi_name):
@@ -77,7 +77,8 @@ def test_layers_names_meanings_visibility_and_scale(source, method, mi_name):
     assert all(n.startswith("img · ") for n in names)
     assert f"img · {mi_name}" in names
     assert "img · predictive entropy" in names
-    assert any(n.startswith("img · expected entropy (aleatoric") for n in names)
+    ee = "remainder" if source == ("latent",) else "aleatoric"
+    assert any(n.startswith(f"img · expected entropy ({ee}") for n in names)
     assert "img · hypotheses (N=8)" in names
     assert "img · most uncertain 5% (predictive entropy)" in names
     # Distinct hypotheses: 6 of 8 samples at one position, 2 at the other.

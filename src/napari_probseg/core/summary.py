@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from napari_probseg.core._serialize import to_jsonable
-from napari_probseg.core._terms import normalize_source, term_label
+from napari_probseg.core._terms import LATENT_CAVEAT, normalize_source, term_label
 
 __all__ = [
     "CAVEAT",
@@ -75,12 +75,6 @@ VERDICT_KINDS = (
 CAVEAT = (
     "The split into epistemic and aleatoric parts is approximate: the terms are not independent "
     "and depend on the number of samples (review §7.1)."
-)
-#: Shown for latent-variable models (review eq. 42, Kahl et al.).
-LATENT_CAVEAT = (
-    "For this latent-variable model mutual information over the latent is read as aleatoric "
-    "(rater ambiguity) and the expected entropy as the remainder, following review eq. 42 "
-    "(Kahl et al.); the reading is approximate (review §7.1)."
 )
 
 _STRUCTURE_TEXT = {
