@@ -33,8 +33,9 @@ import numpy as np
 from napari_probseg.core._serialize import to_jsonable as _jsonable
 from napari_probseg.core.aggregate import AGGREGATIONS
 from napari_probseg.core.calibration import CalibrationAccumulator, adaptive_ece
-from napari_probseg.core.introspection import aurc, dice_risk, pavpu
+from napari_probseg.core.introspection import aurc, dice_risk, pavpu, pavpu_curve
 from napari_probseg.core.observer import ged, hm_iou, observer_metrics, summarize
+from napari_probseg.core.scoring import brier_score, nll
 from napari_probseg.core.uncertainty import entropy
 from napari_probseg.evaluation._runs import RunData, load_run
 
@@ -59,7 +60,10 @@ IMAGE_METRICS = {
     "ged_unbiased": "GED^2 without self-pairs (U-statistic)",
     "hm_iou": "Hungarian-matched IoU vs all raters",
     "ncc": "Pearson correlation of sample and rater variance maps",
+    "nll": "mean pixel negative log-likelihood (nats) of the mean probabilities",
+    "brier": "mean pixel multi-class Brier score sum_k (p_k - y_k)^2",
     "pavpu": "patch accuracy vs patch uncertainty",
+    "pavpu_area": "area under PAvPU over u_T in [0, log K] (normalised: mean PAvPU)",
     "pairwise_dice": "mean Dice over sample pairs",
     "volume_cov": "coefficient of variation of sample volumes",
     "dice": "Dice of the consensus (argmax of mean probabilities) vs the reference",
@@ -444,6 +448,15 @@ def _evaluate_image(
         mean_mi = 0.0  # a single (deterministic) sample carries no mutual information
     u_t = pavpu_threshold * math.log(probs.shape[0])
     pv = [pavpu(pred, ref, pe, uncertainty_threshold=u_t) for ref in hard]
+    # The curve over u_T on a fixed grid (a share of log K), so that curves average over images.
+    grid = np.linspace(0.0, 1.0, 21) * math.log(probs.shape[0])
+    curves = [pavpu_curve(pred, ref, pe, thresholds=grid) for ref in hard]
+    p_norm = _renormalize(probs)
+    if kind == "soft":
+        nll_value, brier_value = nll(p_norm, soft), brier_score(p_norm, soft)
+    else:
+        nll_value = float(np.mean([nll(p_norm, ref) for ref in hard]))
+        brier_value = float(np.mean([brier_score(p_norm, ref) for ref in hard]))
     dice = float(np.mean([1.0 - dice_risk(pred, ref) for ref in hard]))
     summary = run_summary(data, pe, aggregation=_aggregation_spec(aggregation, u_t))
     score = summary["scores"][0]
@@ -457,7 +470,10 @@ def _evaluate_image(
         "ged_unbiased": ged_u,
         "hm_iou": obs.hm_iou.hm_iou,
         "ncc": obs.ncc,
+        "nll": nll_value,
+        "brier": brier_value,
         "pavpu": float(np.mean([p.pavpu for p in pv])),
+        "pavpu_area": float(np.mean([c.area for c in curves])),
         "pairwise_dice": _nan(structure.get("pairwise_dice")),
         "volume_cov": _nan(structure.get("volume_cov")),
         "dice": dice,
@@ -494,6 +510,11 @@ def _evaluate_image(
             "n_iu": sum(p.n_iu for p in pv),
             "uncertainty_threshold": u_t,
             "patch_size": list(pv[0].patch_size),
+            "curve": {
+                "thresholds": grid,
+                "pavpu": np.mean([c.pavpu for c in curves], axis=0),
+                "area": float(np.mean([c.area for c in curves])),
+            },
         },
         uncertainty={
             "map": score["map"],
