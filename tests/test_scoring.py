@@ -154,3 +154,18 @@ def test_training_temperature_fit_is_cores_and_minimises_the_rater_nll():
         return np.mean([nll(p[i], raters[i, r].numpy()) for i in range(3) for r in range(2)])
 
     assert rater_nll(t) <= min(rater_nll(t * 1.1), rater_nll(t / 1.1))
+
+
+def test_observer_metrics_passes_the_ged_options():
+    from napari_probseg.core.observer import observer_metrics
+
+    rng = np.random.default_rng(4)
+    samples = rng.integers(0, 3, (4, 6, 6)).astype(np.uint8)
+    raters = rng.integers(0, 2, (3, 6, 6)).astype(np.uint8)
+    for kernel in ("iou", "dice"):
+        for absent in ("present", "one"):
+            one = ged(samples, raters, n_classes=3, kernel=kernel, absent=absent)
+            both = observer_metrics(
+                samples, raters, n_classes=3, ged_kernel=kernel, ged_absent=absent
+            )
+            assert both.ged == one

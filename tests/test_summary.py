@@ -224,10 +224,10 @@ def test_verdict_on_a_real_model_flags_shifted_images_as_unfamiliar():
         s = engine.summarize(_run(image, method), reference=ref)
         assert s["verdict"]["kind"] == "unfamiliar", s["verdict"]["sentence"]
         assert s["verdict"]["epistemic"]["value"] > s["verdict"]["epistemic"]["threshold"]
-    held_out = engine.summarize(_run(inside[5], method), reference=ref)
+    res = _run(inside[5], method)
+    held_out = engine.summarize(res, reference=ref)
     assert held_out["verdict"]["epistemic"]["status"] in ("in_range", "above")
     # the same function on arrays (what evaluation and saved runs call) gives the same summary
-    res = _run(inside[5], method)
     maps = res.maps
     again = image_summary(
         mean_probs=maps.mean_probs,
@@ -245,3 +245,19 @@ def test_verdict_on_a_real_model_flags_shifted_images_as_unfamiliar():
     )
     assert again["scores"] == held_out["scores"] and again["verdict"] == held_out["verdict"]
     assert not math.isnan(again["structure"][0]["value"])
+
+
+def test_cli_text_renders_warnings_verdict_and_caveat(capsys):
+    """``probseg predict`` text output renders the summary's warnings, verdict and caveat."""
+    from napari_probseg.cli._predict import _print_human
+
+    _, result = make_result()
+    result.provenance["warnings"] = ["input far outside the training data"]
+    result.provenance["timings"] = {"total": 0.5}
+    s = {"image": "x.npy", "out": "x.zarr", **engine.summarize(result)}
+    _print_human(s)
+    out = capsys.readouterr().out
+    assert "WARNING: input far outside the training data" in out
+    assert f"verdict: {s['verdict']['sentence']}" in out
+    assert "§7.1" in out and "highlight share 5%" in out
+    assert FOREGROUND in out

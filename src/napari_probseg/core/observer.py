@@ -333,10 +333,14 @@ def observer_metrics(
     n_samples: int | None = 16,
     unbiased: bool = False,
     n_classes: int | None = None,
+    ged_kernel: str = "iou",
+    ged_absent: str = "present",
 ) -> ObserverMetrics:
     """GED, HM-IoU and NCC at once, sharing one matrix product for all pairwise IoUs.
 
-    Parameters are those of :func:`ged`; see :func:`ged`, :func:`hm_iou` and :func:`ncc`.
+    Parameters are those of :func:`ged` (``ged_kernel`` and ``ged_absent`` are its ``kernel`` and
+    ``absent``, for the GED only: HM-IoU always matches on the IoU); see :func:`ged`,
+    :func:`hm_iou` and :func:`ncc`.
 
     Returns
     -------
@@ -347,11 +351,21 @@ def observer_metrics(
         raise ValueError(
             f"unbiased: needs at least 2 samples and 2 references, got {len(s)} and {len(r)}"
         )
+    _check_kernel(ged_kernel, ged_absent)
     k = _n_classes([s, r], n_classes)
-    iou = _iou_from_counts(_intersections([s, r], k, _DEFAULT_CHUNK))
+    inter = _intersections([s, r], k, _DEFAULT_CHUNK)
+    iou = _iou_from_counts(inter)
+    sim = (
+        iou
+        if (ged_kernel, ged_absent) == ("iou", "present")
+        else (_similarity_from_counts(inter, kernel=ged_kernel, absent=ged_absent))
+    )
     n = len(s)
+    ged_result = dataclasses.replace(
+        _ged_from_iou(sim, n, unbiased), kernel=ged_kernel, absent=ged_absent
+    )
     return ObserverMetrics(
-        ged=_ged_from_iou(iou, n, unbiased),
+        ged=ged_result,
         hm_iou=_hm_from_iou(iou[:n, n:]),
         ncc=_pearson_counts(_variance_counts(s, k), _variance_counts(r, k)),
         n_samples=n,
