@@ -50,7 +50,12 @@ def test_cli_json_and_review_panel_show_identical_values(make_napari_viewer, tmp
 
     for key in ("scores", "structure", "verdict", "warnings", "foreground", "caveat", "labels"):
         assert panel[key] == cli[key], key
-    assert panel["regions"]["highlight_share"] == cli["regions"]["highlight_share"]
+    assert panel["regions"] == cli["regions"]
+    # the panel's table is the summary's region list; navigation follows the same regions
+    table = [int(widget.table.item(i, 0).text()) for i in range(widget.table.rowCount())]
+    assert table == [r["rank"] for r in cli["regions"]["top"]]
+    record = widget.record
+    assert record.regions["score"] == pytest.approx([r["score"] for r in cli["regions"]["top"]])
     # the values the panel displays are the CLI's values, formatted
     text = widget.summary.text()
     rows = summary_rows(cli)

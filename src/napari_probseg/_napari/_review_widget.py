@@ -34,7 +34,13 @@ from qtpy.QtWidgets import (
 from napari_probseg._napari._layers import annotation_layer
 from napari_probseg._napari._regions_nav import go_to_region
 from napari_probseg._napari._session import RunRecord, get_session, set_highlight
-from napari_probseg._napari._summary import summary_for, summary_rows, verdict_text, warning_lines
+from napari_probseg._napari._summary import (
+    format_value,
+    summary_for,
+    summary_rows,
+    verdict_text,
+    warning_lines,
+)
 
 _COLUMNS = ("rank", "score", "size", "term")
 
@@ -166,15 +172,15 @@ class ReviewWidget(QWidget):
         self._fill_sources()
 
     def _fill_table(self) -> None:
-        regions = self.record.regions if self.record else {}
-        term = ""
-        if self.record is not None and "regions" in self.record.layers:
-            term = self.record.layers["regions"].metadata["probseg"].get("term", "")
+        """The summary's ranked regions (the same list ``probseg predict --json`` prints)."""
+        regions = (self.summary_data or {}).get("regions") or {}
+        top = regions.get("top", [])
+        term = regions.get("label", "")
         self.table.blockSignals(True)
-        self.table.setRowCount(len(regions.get("rank", [])))
-        for i, rank in enumerate(regions.get("rank", [])):
-            values = (str(rank), f"{regions['score'][i]:.3g}", str(regions["size"][i]), term)
-            for j, value in enumerate(values):
+        self.table.setRowCount(len(top))
+        for i, region in enumerate(top):
+            values = (str(region["rank"]), format_value(region["score"], 3), str(region["size"]))
+            for j, value in enumerate((*values, term)):
                 self.table.setItem(i, j, QTableWidgetItem(value))
         self.table.blockSignals(False)
 

@@ -35,10 +35,14 @@ def summary_for(record: Any) -> dict:
         from napari_probseg import engine
 
         card = getattr(output.request.model, "card", None)
+        # the share the run's highlight layer was drawn with, so the regions match its layers
+        highlight = record.layers.get("highlight")
+        share = highlight.metadata["probseg"].get("quantile") if highlight is not None else None
+        share = record.quantile if share is None else share
         summary = engine.summarize(
             record.result,
             reference=engine.card_reference(card),
-            highlight_share=min(max(record.quantile, 1e-6), 1 - 1e-6),
+            highlight_share=min(max(share, 1e-6), 1 - 1e-6),
         )
         if isinstance(output.extra, dict):
             output.extra["summary"] = summary

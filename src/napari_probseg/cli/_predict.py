@@ -208,10 +208,12 @@ def _print_human(s: dict) -> None:
     regions = s["regions"]
     top = regions["top"]
     print(
-        f"top {len(top)} regions of {regions['label']} (highlight share "
-        f"{100 * regions['highlight_share']:g}% of the voxels):"
+        f"{len(top)} ranked regions of {regions['label']} (highlight share "
+        f"{100 * regions['highlight_share']:g}% of the voxels, >= {regions['min_size']} voxels):"
     )
-    for r in top:
+    for r in top[:5]:
         print(f"  #{r['rank']}: score {r['score']:.4g}, {r['size']} voxels, bbox {r['bbox']}")
+    if len(top) > 5:
+        print(f"  ... {len(top) - 5} more (see --json)")
     t = s["timings"]
     print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))

@@ -37,6 +37,8 @@ __all__ = [
     "DEFAULT_AGGREGATIONS",
     "DEFAULT_CLUSTER_IOU",
     "DEFAULT_HIGHLIGHT_SHARE",
+    "DEFAULT_MAX_REGIONS",
+    "DEFAULT_MIN_REGION",
     "FOREGROUND",
     "LATENT_CAVEAT",
     "REFERENCE_QUANTILE",
@@ -56,6 +58,9 @@ FOREGROUND = (
 )
 #: Share of voxels highlighted as most uncertain (the ranked regions are its components).
 DEFAULT_HIGHLIGHT_SHARE = 0.05
+#: Smallest ranked region (voxels) and the most regions listed (the review panel's table).
+DEFAULT_MIN_REGION = 4
+DEFAULT_MAX_REGIONS = 20
 #: Two samples belong to one distinct hypothesis when their IoU is at least this (average linkage).
 DEFAULT_CLUSTER_IOU = 0.8
 #: Reference quantile above which a score counts as unusual for in-domain images.
@@ -422,8 +427,8 @@ def image_summary(
     patch_size: int = 8,
     region_map: str = "predictive_entropy",
     highlight_share: float = DEFAULT_HIGHLIGHT_SHARE,
-    min_size: int = 8,
-    top_k: int = 5,
+    min_size: int = DEFAULT_MIN_REGION,
+    top_k: int = DEFAULT_MAX_REGIONS,
     cluster_iou: float = DEFAULT_CLUSTER_IOU,
     verdict_aggregation: str = DEFAULT_VERDICT_AGGREGATION,
 ) -> dict[str, Any]:

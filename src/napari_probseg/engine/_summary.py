@@ -13,6 +13,8 @@ from napari_probseg.core.summary import (
     DEFAULT_AGGREGATIONS,
     DEFAULT_CLUSTER_IOU,
     DEFAULT_HIGHLIGHT_SHARE,
+    DEFAULT_MAX_REGIONS,
+    DEFAULT_MIN_REGION,
     image_summary,
 )
 from napari_probseg.engine._types import PredictionResult
@@ -37,8 +39,8 @@ def summarize(
     patch_size: int = 8,
     region_map: str = "predictive_entropy",
     highlight_share: float = DEFAULT_HIGHLIGHT_SHARE,
-    min_size: int = 8,
-    top_k: int = 5,
+    min_size: int = DEFAULT_MIN_REGION,
+    top_k: int = DEFAULT_MAX_REGIONS,
     cluster_iou: float = DEFAULT_CLUSTER_IOU,
 ) -> dict:
     """Summarize a prediction as a JSON-able dict (scores, structure, regions, warnings, verdict).
