@@ -220,6 +220,8 @@ def evaluate_store(
     curves: bool = False,
     max_subsets: int = 10,
     progress: Callable[[str], None] | None = None,
+    ged_kernel: str = "iou",
+    ged_absent: str = "present",
 ) -> StoreEvaluation:
     """Evaluate prediction runs of a store's images against their raters.
 
@@ -253,6 +255,11 @@ def evaluate_store(
         See ``curves``.
     progress : callable, optional
         Called with one line per image.
+    ged_kernel : {"iou", "dice"}
+        GED distance ``1 - IoU`` (default, as the literature) or ``1 - Dice``.
+    ged_absent : {"present", "one"}
+        GED class-absent convention: ``"present"`` (default) averages over the classes present in
+        either mask; ``"one"`` is PHiSeg's (absent from both = 1, mean over every class).
 
     Returns
     -------
@@ -269,6 +276,8 @@ def evaluate_store(
     n_bins = check_positive_int(n_bins, "n_bins")
     n_samples = check_positive_int(n_samples, "n_samples")
     check_choice(aggregation, "aggregation", AGGREGATIONS)
+    check_choice(ged_kernel, "ged_kernel", ("iou", "dice"))
+    check_choice(ged_absent, "ged_absent", ("present", "one"))
     if not (0.0 < float(pavpu_threshold) <= 1.0):
         raise ValueError(f"pavpu_threshold: expected a fraction in (0, 1], got {pavpu_threshold}")
     explicit = image_ids is not None
@@ -305,6 +314,7 @@ def evaluate_store(
             n_samples=n_samples,
             aggregation=aggregation,
             pavpu_threshold=float(pavpu_threshold),
+            ged_options={"kernel": ged_kernel, "absent": ged_absent},
         )
         evaluations.append(ev)
         per_image_raters.append(masks)
@@ -336,6 +346,11 @@ def evaluate_store(
         settings={
             "n_bins": n_bins,
             "n_samples": n_samples,
+            "ged": {
+                "kernel": f"1 - {'IoU' if ged_kernel == 'iou' else 'Dice'}",
+                "absent": ged_absent,
+                "default": "1 - IoU, classes present in either mask (absent = 'present')",
+            },
             "aggregation": aggregation,
             "pavpu": {
                 "patch": 4,
@@ -403,6 +418,7 @@ def _evaluate_image(
     n_samples: int,
     aggregation: str,
     pavpu_threshold: float,
+    ged_options: dict[str, str] | None = None,
 ) -> ImageEvaluation:
     probs = data.probs
     k = max(probs.shape[0], int(masks.max(initial=0)) + 1, int(data.samples.max(initial=0)) + 1)
@@ -433,9 +449,17 @@ def _evaluate_image(
 
     samples = data.samples
     used = min(n_samples, len(samples))
-    obs = observer_metrics(samples, masks, n_samples=n_samples, n_classes=k)
+    opts = {"kernel": "iou", "absent": "present", **(ged_options or {})}
+    obs = observer_metrics(
+        samples,
+        masks,
+        n_samples=n_samples,
+        n_classes=k,
+        ged_kernel=opts["kernel"],
+        ged_absent=opts["absent"],
+    )
     if used >= 2 and len(masks) >= 2:
-        ged_u = ged(samples, masks, n_samples=n_samples, unbiased=True, n_classes=k).ged
+        ged_u = ged(samples, masks, n_samples=n_samples, unbiased=True, n_classes=k, **opts).ged
     else:
         ged_u = float("nan")
 
