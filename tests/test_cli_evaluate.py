@@ -67,6 +67,28 @@ def test_json_schema(store_path, capsys):
     assert data["settings"]["n_samples"] == 16 and data["plots"] == []
 
 
+def test_json_scoring_rules_pavpu_curve_and_ged_options(store_path, capsys):
+    argv = ["evaluate", str(store_path), "--json", "--reference", "soft", "--ged-kernel", "dice"]
+    assert main([*argv, "--ged-absent", "one"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["settings"]["ged"]["kernel"] == "1 - Dice"
+    assert data["settings"]["ged"]["absent"] == "one"
+    img = data["images"][0]
+    # probabilities equal to the raters' mean: soft Brier 0, soft NLL = the mean entropy of f
+    assert img["metrics"]["brier"] == pytest.approx(0.0, abs=1e-9)
+    f = np.zeros(SHAPE)
+    for lo, hi in [(8, 20), (8, 22), (10, 20)]:
+        f[lo:hi, lo:hi] += 1 / 3
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.nan_to_num(f * np.log(f)) - np.nan_to_num((1 - f) * np.log(1 - f))
+    assert img["metrics"]["nll"] == pytest.approx(h.mean(), rel=1e-6)
+    assert img["metrics"]["ged"] == pytest.approx(0.0, abs=1e-12)  # samples are the raters
+    curve = img["pavpu"]["curve"]
+    assert len(curve["thresholds"]) == len(curve["pavpu"]) == 21
+    assert 0.0 <= img["metrics"]["pavpu_area"] <= 1.0
+    assert curve["area"] == pytest.approx(img["metrics"]["pavpu_area"])
+
+
 @pytest.mark.parametrize("reference", ["majority", "soft", "rater:r2", "all"])
 def test_reference_modes(store_path, capsys, reference):
     assert main(["evaluate", str(store_path), "--json", "--reference", reference]) == 0

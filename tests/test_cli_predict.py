@@ -203,8 +203,7 @@ def _bundled_2d_dropout():
 @pytest.mark.slow
 def test_end_to_end_bundled_2d_model(tmp_path, capsys):
     card = _bundled_2d_dropout()
-    if card is None:
-        pytest.skip("no bundled 2D MC-dropout model in resources/models yet")
+    assert card is not None, "a bundled 2D MC-dropout model ships in resources/models"
     out = tmp_path / "e2e.zarr"
     argv = [
         "predict",

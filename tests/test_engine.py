@@ -438,8 +438,18 @@ def test_3d_model_rejects_2d_image_and_channels_are_checked():
     assert res.maps.mean_probs.shape == (2, 8, 8)
 
 
-def test_resolve_device_auto_is_cpu_without_accelerator():
-    assert engine.resolve_device("auto").type == "cpu"
+def test_resolve_device_auto_picks_cuda_then_mps_then_cpu():
+    import torch
+
+    # "auto" prefers CUDA, then MPS, then the CPU: on a host with an accelerator it is not the CPU.
+    mps = getattr(torch.backends, "mps", None)
+    if torch.cuda.is_available():
+        expected = "cuda"
+    elif mps is not None and mps.is_available():
+        expected = "mps"
+    else:
+        expected = "cpu"
+    assert engine.resolve_device("auto").type == expected
     assert engine.resolve_device("cpu").type == "cpu"
 
 

@@ -90,7 +90,7 @@ def test_summarize_names_aggregations_and_measures(result):
     )
     assert all(m["aggregation"] for m in summary["structure"])
     regions = summary["regions"]
-    assert regions["map"] == "predictive_entropy" and len(regions["top"]) <= 5
+    assert regions["map"] == "predictive_entropy" and len(regions["top"]) <= 20
     scores_r = [r["score"] for r in regions["top"]]
     assert scores_r == sorted(scores_r, reverse=True)
 

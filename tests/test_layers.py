@@ -19,7 +19,7 @@ from napari_probseg._napari._layers import (
     sample_contours,
 )
 from napari_probseg._napari._regions_nav import region_view
-from napari_probseg._napari._summary import interpret, interpret_maps, mi_fraction
+from napari_probseg._napari._summary import format_value, summary_rows, verdict_text
 
 
 def _by_what(layers):
@@ -66,7 +66,7 @@ def test_sample_contours_3d_carry_their_plane():
     ("source", "method", "mi_name"),
     [
         (("parameter",), "mc_dropout", "mutual information (epistemic)"),
-        (("latent",), "ssn", "mutual information (aleatoric)"),
+        (("latent",), "ssn", "mutual information (aleatoric (rater ambiguity, eq. 42))"),
     ],
 )
 def test_layers_names_meanings_visibility_and_scale(source, method, mi_name):
@@ -77,7 +77,8 @@ def test_layers_names_meanings_visibility_and_scale(source, method, mi_name):
     assert all(n.startswith("img · ") for n in names)
     assert f"img · {mi_name}" in names
     assert "img · predictive entropy" in names
-    assert any(n.startswith("img · expected entropy (aleatoric") for n in names)
+    ee = "remainder" if source == ("latent",) else "aleatoric"
+    assert any(n.startswith(f"img · expected entropy ({ee}") for n in names)
     assert "img · hypotheses (N=8)" in names
     assert "img · most uncertain 5% (predictive entropy)" in names
     # Distinct hypotheses: 6 of 8 samples at one position, 2 at the other.
@@ -160,46 +161,23 @@ def test_region_view_world_coordinates():
     assert view.zoom((400, 600), fill=0.5) == pytest.approx(min(200 / 2.0, 300 / 12.0))
 
 
-# ---------------------------------------------------------------------------- summary sentence
-def test_mi_fraction_known_answer():
-    pe = np.array([0.0, 0.5, 0.6, 0.01])
-    mi = np.array([0.0, 0.4, 0.2, 0.01])
-    # the two voxels below the threshold are ignored: (0.4 + 0.2) / (0.5 + 0.6)
-    assert mi_fraction(pe, mi) == pytest.approx(0.6 / 1.1)
-    assert math.isnan(mi_fraction(pe, None))
-    assert math.isnan(mi_fraction(np.zeros(3), np.zeros(3)))
+# ---------------------------------------------------------------------------- summary rendering
+def test_summary_rows_render_the_one_summary():
+    """The panel's rows are the engine summary's values, formatted, never recomputed."""
+    from napari_probseg import engine
 
-
-@pytest.mark.parametrize(
-    ("fraction", "meaning", "kind", "words"),
-    [
-        (0.8, "epistemic", "reducible", "unfamiliar"),
-        (0.2, "epistemic", "irreducible", "alternative"),
-        (0.8, "aleatoric (rater ambiguity)", "irreducible", "alternative"),
-        (0.1, "aleatoric", "irreducible", "cannot measure model unfamiliarity"),
-        (0.5, "epistemic (input) + aleatoric (latent)", "mixed", "combines"),
-        (math.nan, None, "undecomposed", "sampling method"),
-    ],
-)
-def test_interpret_decision_rule(fraction, meaning, kind, words):
-    out = interpret(mi_fraction=fraction, mi_meaning=meaning, uncertain_share=0.05)
-    assert out.kind == kind
-    assert words in out.sentence
-    assert out.sentence.count(".") >= 1
-
-
-def test_interpret_confident_and_from_maps():
-    assert interpret(mi_fraction=0.9, mi_meaning="epistemic", uncertain_share=0.0).kind == (
-        "confident"
-    )
-    # Samples that disagree on position: mutual information dominates -> reducible for MC dropout.
     _, result = make_result(width=0.3, shifts=(0, 0, 0, 0, 6, 6, 6, 6))
-    maps = result.maps
-    out = interpret_maps(maps.predictive_entropy, maps.mutual_information, "epistemic")
-    assert out.kind == "reducible" and out.mi_fraction > 0.5
-    # Identical, blurry samples: no disagreement -> irreducible.
-    _, blurry = make_result(width=3.0, shifts=(0,) * 4)
-    m = blurry.maps
-    assert interpret_maps(m.predictive_entropy, m.mutual_information, "epistemic").kind == (
-        "irreducible"
-    )
+    summary = engine.summarize(result)
+    rows = dict(summary_rows(summary))
+    for score in summary["scores"]:
+        how = score["aggregation"].replace("_", "-")
+        key = next(k for k in rows if k.startswith(f"{score['label']} · {how}"))
+        assert rows[key] == format_value(score["value"])
+    assert rows["samples N"] == "8"
+    dice = next(m for m in summary["structure"] if m["measure"] == "pairwise_dice")
+    assert rows["pairwise Dice (mean over pairs)"] == format_value(dice["value"])
+    # two positions, 4 samples each: clusters give 1 bit exactly
+    assert rows["sample-set entropy, clusters (bits)"].startswith("1 ")
+    assert verdict_text(summary).startswith(summary["verdict"]["sentence"])
+    assert "§7.1" in verdict_text(summary)
+    assert format_value(None) == "—" and format_value(math.nan) == "NaN"

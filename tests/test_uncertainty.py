@@ -410,8 +410,8 @@ def test_term_meanings_per_source():
     assert term_meanings("parameter") == epistemic
     assert term_meanings("input") == epistemic
     assert term_meanings("latent") == {
-        "mutual_information": "aleatoric",
-        "expected_entropy": "aleatoric (pixel-level)",
+        "mutual_information": "aleatoric (rater ambiguity, eq. 42)",
+        "expected_entropy": "remainder (epistemic/positional, eq. 42)",
     }
     assert term_meanings("none") == {"mutual_information": None, "expected_entropy": None}
     assert term_meanings(("latent",)) == term_meanings("latent")
@@ -420,17 +420,23 @@ def test_term_meanings_per_source():
 
 def test_composed_sources_name_every_source():
     m = term_meanings(("input", "latent"))
-    assert m["mutual_information"] == "epistemic (input) + aleatoric (latent)"
-    assert m["expected_entropy"] == "aleatoric (input) + aleatoric (pixel-level, latent)"
+    assert m["mutual_information"] == (
+        "epistemic (input) + aleatoric (rater ambiguity, eq. 42, latent)"
+    )
+    assert m["expected_entropy"] == (
+        "aleatoric (input) + remainder (epistemic/positional, eq. 42, latent)"
+    )
     assert term_label("mutual_information", ("input", "latent")) == (
-        "mutual information (epistemic (input) + aleatoric (latent))"
+        "mutual information (epistemic (input) + aleatoric (rater ambiguity, eq. 42, latent))"
     )
 
 
 def test_term_labels():
     assert term_label("mutual_information", "parameter") == "mutual information (epistemic)"
     assert term_label("expected_entropy", "input") == "expected entropy (aleatoric)"
-    assert term_label("mutual_information", "latent") == "mutual information (aleatoric)"
+    assert term_label("mutual_information", "latent") == (
+        "mutual information (aleatoric (rater ambiguity, eq. 42))"
+    )
     assert term_label("predictive_entropy", "latent") == "predictive entropy"
     assert term_label("expected_entropy", "none") == "expected entropy"
     with pytest.raises(ValueError, match=r"^term:"):

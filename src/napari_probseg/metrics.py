@@ -1,7 +1,8 @@
 """Research metrics of probabilistic segmentation (public API).
 
-Calibration (ECE/MCE/ACE, adaptive ECE, streaming accumulator, temperature scaling), observer
-variability against several raters (GED, HM-IoU, NCC), introspection (PAvPU, AURC) and conformal
+Calibration (ECE/MCE/ACE, adaptive ECE, streaming accumulator, temperature scaling), proper
+scoring rules (NLL, Brier score), observer
+variability against several raters (GED, HM-IoU, NCC), introspection (PAvPU and its curve over the threshold, AURC) and conformal
 inner/outer bands. Conventions are stated in the docstrings of the ``napari_probseg.core``
 modules (``calibration``, ``observer``, ``introspection``, ``conformal``) and in DESIGN.md.
 
@@ -29,7 +30,15 @@ from napari_probseg.core.calibration import (
     fit_temperature,
 )
 from napari_probseg.core.conformal import BandCoverage, ConformalBands
-from napari_probseg.core.introspection import AURCResult, PAvPUResult, aurc, dice_risk, pavpu
+from napari_probseg.core.introspection import (
+    AURCResult,
+    PAvPUCurve,
+    PAvPUResult,
+    aurc,
+    dice_risk,
+    pavpu,
+    pavpu_curve,
+)
 from napari_probseg.core.observer import (
     GEDResult,
     HMIoUResult,
@@ -43,6 +52,7 @@ from napari_probseg.core.observer import (
     summarize,
     variance_map,
 )
+from napari_probseg.core.scoring import brier_score, nll
 
 if TYPE_CHECKING:
     from napari_probseg.core.structure import pairwise_dice, volume_cov
@@ -57,10 +67,12 @@ __all__ = [
     "HMIoUResult",
     "MetricSummary",
     "ObserverMetrics",
+    "PAvPUCurve",
     "PAvPUResult",
     "TemperatureFit",
     "adaptive_ece",
     "aurc",
+    "brier_score",
     "calibration",
     "dice_risk",
     "fit_temperature",
@@ -68,9 +80,11 @@ __all__ = [
     "hm_iou",
     "iou_matrix",
     "ncc",
+    "nll",
     "observer_metrics",
     "pairwise_dice",
     "pavpu",
+    "pavpu_curve",
     "summarize",
     "variance_map",
     "volume_cov",

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_probseg.core._serialize import to_jsonable as _jsonable
 from napari_probseg.core._validation import check_choice, check_positive_int
 from napari_probseg.core.calibration import (
     CalibrationAccumulator,
@@ -573,20 +574,3 @@ def draw_reliability(fig: Any, report: CalibrationReport, *, title: str = "") ->
     hx.set_xlabel("confidence (top-label)" if c.confidence == "top_label" else "p(class)")
     hx.set_ylabel("share")
     return {"accuracy": bars, "gap": gap, "histogram": hist, "diagonal": diag, "after": after}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return None if not np.isfinite(v) else v
-    return value

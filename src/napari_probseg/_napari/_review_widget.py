@@ -1,7 +1,8 @@
 """Review panel: image-level summary, ranked regions (table, n / p keys), highlight share, and
 "use as annotation".
 
-Thin widget over plain functions: the summary and its sentence come from ``_summary``, navigation
+Render-only: the summary, its verdict and warnings are the dict of ``engine.summarize`` (formatted by
+``_summary``), the same the CLI prints; navigation
 from ``_regions_nav``, annotation layers from ``_layers.annotation_layer``.
 """
 
@@ -33,7 +34,13 @@ from qtpy.QtWidgets import (
 from napari_probseg._napari._layers import annotation_layer
 from napari_probseg._napari._regions_nav import go_to_region
 from napari_probseg._napari._session import RunRecord, get_session, set_highlight
-from napari_probseg._napari._summary import interpretation_for, summary_rows
+from napari_probseg._napari._summary import (
+    format_value,
+    summary_for,
+    summary_rows,
+    verdict_text,
+    warning_lines,
+)
 
 _COLUMNS = ("rank", "score", "size", "term")
 
@@ -58,6 +65,12 @@ class ReviewWidget(QWidget):
         self.sentence = QLabel("")
         self.sentence.setWordWrap(True)
         self.sentence.setStyleSheet("font-weight: bold;")
+        self.warnings = QLabel("")
+        self.warnings.setWordWrap(True)
+        self.warnings.setStyleSheet("color: #e0a000;")
+        self.warnings.setVisible(False)
+        #: The summary dict shown (the one ``probseg predict --json`` prints for the same run).
+        self.summary_data: dict | None = None
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.TextFormat.RichText)
@@ -91,6 +104,7 @@ class ReviewWidget(QWidget):
         cv = QVBoxLayout(content)
         cv.setContentsMargins(0, 0, 0, 0)
         cv.addWidget(self.title)
+        cv.addWidget(self.warnings)
         cv.addWidget(self.sentence)
         cv.addWidget(self.summary)
         cv.addStretch(1)
@@ -103,7 +117,7 @@ class ReviewWidget(QWidget):
         regions_box = QGroupBox("Most uncertain regions")
         rv = QVBoxLayout(regions_box)
         form = QFormLayout()
-        form.addRow("highlight top", self.quantile_spin)
+        form.addRow("highlight share", self.quantile_spin)
         rv.addLayout(form)
         rv.addWidget(self.table)
         nav = QHBoxLayout()
@@ -141,10 +155,14 @@ class ReviewWidget(QWidget):
             f"<b>{html.escape(record.image_name)}</b>: {html.escape(res.method)}, "
             f"N = {res.n_samples}, seed {record.output.request.seed}"
         )
-        self.sentence.setText(interpretation_for(res).sentence)
+        summary = self.summary_data = summary_for(record)
+        lines = warning_lines(summary)
+        self.warnings.setText("\n".join(f"⚠ {w}" for w in lines))
+        self.warnings.setVisible(bool(lines))
+        self.sentence.setText(verdict_text(summary))
         rows = "".join(
             f"<tr><td>{html.escape(k)}</td><td align='right'>&nbsp;{html.escape(v)}</td></tr>"
-            for k, v in summary_rows(res)
+            for k, v in summary_rows(summary)
         )
         self.summary.setText(f"<table>{rows}</table>")
         self.quantile_spin.blockSignals(True)
@@ -154,15 +172,15 @@ class ReviewWidget(QWidget):
         self._fill_sources()
 
     def _fill_table(self) -> None:
-        regions = self.record.regions if self.record else {}
-        term = ""
-        if self.record is not None and "regions" in self.record.layers:
-            term = self.record.layers["regions"].metadata["probseg"].get("term", "")
+        """The summary's ranked regions (the same list ``probseg predict --json`` prints)."""
+        regions = (self.summary_data or {}).get("regions") or {}
+        top = regions.get("top", [])
+        term = regions.get("label", "")
         self.table.blockSignals(True)
-        self.table.setRowCount(len(regions.get("rank", [])))
-        for i, rank in enumerate(regions.get("rank", [])):
-            values = (str(rank), f"{regions['score'][i]:.3g}", str(regions["size"][i]), term)
-            for j, value in enumerate(values):
+        self.table.setRowCount(len(top))
+        for i, region in enumerate(top):
+            values = (str(region["rank"]), format_value(region["score"], 3), str(region["size"]))
+            for j, value in enumerate((*values, term)):
                 self.table.setItem(i, j, QTableWidgetItem(value))
         self.table.blockSignals(False)
 

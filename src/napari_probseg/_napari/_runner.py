@@ -161,7 +161,20 @@ def _job(
     if is_cancelled():
         raise engine.Cancelled("cancelled before drawing the layers")
     layers = prediction_layers(result, placement, quantile=request.quantile)
-    return RunOutput(result=result, layers=layers, placement=placement, request=request)
+    # The one summary (scores, verdict, warnings), computed here off the GUI thread; the review
+    # panel only renders it.
+    summary = engine.summarize(
+        result,
+        reference=engine.card_reference(getattr(method, "card", None)),
+        highlight_share=min(max(request.quantile, 1e-6), 1 - 1e-6),
+    )
+    return RunOutput(
+        result=result,
+        layers=layers,
+        placement=placement,
+        request=request,
+        extra={"summary": summary},
+    )
 
 
 def _as_check(cancel: threading.Event | Callable[[], bool] | None) -> Callable[[], bool]:

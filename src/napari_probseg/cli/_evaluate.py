@@ -53,6 +53,19 @@ def register(subparsers: Any) -> None:
         default=0.25,
         help="PAvPU u_T as a fraction of ln K (0.25)",
     )
+    p.add_argument(
+        "--ged-kernel",
+        choices=("iou", "dice"),
+        default="iou",
+        help="GED distance 1 - IoU (default) or 1 - Dice",
+    )
+    p.add_argument(
+        "--ged-absent",
+        choices=("present", "one"),
+        default="present",
+        help="GED class-absent convention: classes present in either mask (default) or "
+        "PHiSeg's (absent from both = 1)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plots", type=Path, metavar="DIR", help="write PNG and SVG plots to DIR")
     p.add_argument(
@@ -158,6 +171,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         aggregation=args.aggregation,
         pavpu_threshold=args.pavpu_threshold,
         curves=args.plots is not None,
+        ged_kernel=args.ged_kernel,
+        ged_absent=args.ged_absent,
     )
     files = write_plots(result, args.plots) if args.plots is not None else []
     if args.json:

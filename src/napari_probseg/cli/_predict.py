@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
         for w in caught:
             if issubclass(w.category, (RuntimeWarning, UserWarning)):
                 print(f"probseg predict: warning: {w.message}", file=sys.stderr)
-    summary = engine.summarize(result)
+    summary = engine.summarize(result, reference=engine.card_reference(card))
     summary = {"image": source, "out": str(args.out), **summary}
     engine.save_result(
         result,
@@ -248,35 +248,47 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, allow_nan=False))
     else:
         _print_human(summary)
     return 0
 
 
 def _print_human(s: dict) -> None:
+    """Render the summary of ``engine.summarize`` as text (computes nothing)."""
     print(f"image: {s['image']}  ->  {s['out']}")
     print(
         f"model: {s['model']}  method: {s['method']}  N = {s['n_samples']}  seed: {s['seed']}  "
         f"device: {s['device']}"
     )
+    for w in s["warnings"]:
+        print(f"WARNING: {w}")
+    v = s["verdict"]
+    print(f"verdict: {v['sentence']}")
     meanings = s["meanings"]
     if meanings.get("mutual_information"):
         print(
             f"mutual information = {meanings['mutual_information']}, expected entropy = "
             f"{meanings['expected_entropy']}"
         )
+    if s.get("caveat"):
+        print(f"note: {s['caveat']}")
+    print(f"foreground: {s['foreground']['definition']} ({s['foreground']['voxels']} voxels)")
     for score in s["scores"]:
         value = "nan" if score["value"] is None else f"{score['value']:.4g}"
         print(f"  {score['label']:<42} {score['aggregation']:<22} {value}")
     for m in s["structure"]:
         value = "nan" if m["value"] is None else f"{m['value']:.4g}"
         print(f"  {m['measure']:<42} {value:<10} ({m['aggregation']})")
-    top = s["regions"]["top"]
+    regions = s["regions"]
+    top = regions["top"]
     print(
-        f"top {len(top)} regions of {s['regions']['label']} (quantile {s['regions']['quantile']}):"
+        f"{len(top)} ranked regions of {regions['label']} (highlight share "
+        f"{100 * regions['highlight_share']:g}% of the voxels, >= {regions['min_size']} voxels):"
     )
-    for r in top:
+    for r in top[:5]:
         print(f"  #{r['rank']}: score {r['score']:.4g}, {r['size']} voxels, bbox {r['bbox']}")
+    if len(top) > 5:
+        print(f"  ... {len(top) - 5} more (see --json)")
     t = s["timings"]
     print("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))

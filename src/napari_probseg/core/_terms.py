@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["SOURCES", "TERMS", "normalize_source", "term_label", "term_meanings"]
+__all__ = ["LATENT_CAVEAT", "SOURCES", "TERMS", "normalize_source", "term_label", "term_meanings"]
 
 #: Where the randomness between samples comes from (DESIGN.md "Methods").
 SOURCES: tuple[str, ...] = ("parameter", "input", "latent", "none")
@@ -23,11 +23,21 @@ _MEANINGS: dict[str, dict[str, tuple[str, str | None]]] = {
         "expected_entropy": ("aleatoric", None),
     },
     "input": {"mutual_information": ("epistemic", None), "expected_entropy": ("aleatoric", None)},
+    # Review eq. 42 (Kahl et al.): for a latent-variable model the mutual information over the
+    # latent is the aleatoric part (rater ambiguity); the expected entropy is the remainder, read
+    # as epistemic / positional. The split is approximate (review §7.1): see LATENT_CAVEAT.
     "latent": {
-        "mutual_information": ("aleatoric", None),
-        "expected_entropy": ("aleatoric", "pixel-level"),
+        "mutual_information": ("aleatoric", "rater ambiguity, eq. 42"),
+        "expected_entropy": ("remainder", "epistemic/positional, eq. 42"),
     },
 }
+
+#: Shown wherever the latent reading is named (review eq. 42, §7.1).
+LATENT_CAVEAT = (
+    "For this latent-variable model mutual information over the latent is read as aleatoric "
+    "(rater ambiguity) and the expected entropy as the remainder (epistemic/positional), "
+    "following review eq. 42 (Kahl et al.); the split is approximate (review §7.1)."
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,12 +76,13 @@ def term_meanings(source: str | Iterable[str]) -> dict[str, str | None]:
 
         - ``"parameter"`` (MC dropout, ensembles, Laplace) and ``"input"`` (test-time
           augmentation): MI ``"epistemic"``, EE ``"aleatoric"``;
-        - ``"latent"`` (SSN, probabilistic U-Net): MI ``"aleatoric"`` (rater ambiguity),
-          EE ``"aleatoric (pixel-level)"``;
+        - ``"latent"`` (SSN, probabilistic U-Net), as review eq. 42 (Kahl et al.) reads them:
+          MI ``"aleatoric (rater ambiguity, eq. 42)"``, EE
+          ``"remainder (epistemic/positional, eq. 42)"`` (approximate, :data:`LATENT_CAVEAT`);
         - ``"none"`` (single softmax pass): both ``None`` (only predictive entropy is defined);
         - composed: every source is named, e.g. ``("input", "latent")`` gives MI
-          ``"epistemic (input) + aleatoric (latent)"`` and EE
-          ``"aleatoric (input) + aleatoric (pixel-level, latent)"``.
+          ``"epistemic (input) + aleatoric (rater ambiguity, eq. 42, latent)"`` and EE
+          ``"aleatoric (input) + remainder (epistemic/positional, eq. 42, latent)"``.
 
     Raises
     ------

@@ -1,6 +1,7 @@
 """Introspection metrics: does the uncertainty know when the prediction is wrong?
 
-- :func:`pavpu`: patch accuracy vs patch uncertainty (Mukhoti & Gal, 2018).
+- :func:`pavpu`: patch accuracy vs patch uncertainty (Mukhoti & Gal, 2018) at one threshold;
+  :func:`pavpu_curve`: over a range of thresholds, with the area under the curve.
 - :func:`aurc`: area under the risk-coverage curve over images (Geifman et al., 2019), with the
   excess AURC (E-AURC) over an oracle ranking.
 - :func:`dice_risk`: the per-image risk ``1 - Dice`` that :func:`aurc` usually ranks.
@@ -18,7 +19,7 @@ import numpy as np
 
 from ._validation import check_finite, check_positive_int, to_numpy
 
-__all__ = ["AURCResult", "PAvPUResult", "aurc", "dice_risk", "pavpu"]
+__all__ = ["AURCResult", "PAvPUCurve", "PAvPUResult", "aurc", "dice_risk", "pavpu", "pavpu_curve"]
 
 
 @dataclass(frozen=True)
@@ -120,37 +121,13 @@ def pavpu(
     -------
     PAvPUResult
     """
-    pred = to_numpy(prediction)
-    ref = to_numpy(reference)
-    unc = to_numpy(uncertainty).astype(np.float64, copy=False)
-    if pred.ndim not in (2, 3):
-        raise ValueError(f"prediction: expected 2 or 3 spatial axes, got shape {pred.shape}")
-    for name, arr in (("reference", ref), ("uncertainty", unc)):
-        if arr.shape != pred.shape:
-            raise ValueError(f"{name}: expected shape {pred.shape}, got {arr.shape}")
-    check_finite(unc, "uncertainty")
-    if not 0.0 <= accuracy_threshold <= 1.0:
-        raise ValueError(
-            f"accuracy_threshold: expected a value in [0, 1], got {accuracy_threshold}"
-        )
     if not np.isfinite(uncertainty_threshold):
         raise ValueError(
             f"uncertainty_threshold: expected a finite number, got {uncertainty_threshold}"
         )
-    if isinstance(patch_size, int | np.integer):
-        patch = (check_positive_int(patch_size, "patch_size"),) * pred.ndim
-    else:
-        patch = tuple(check_positive_int(p, "patch_size") for p in patch_size)
-        if len(patch) != pred.ndim:
-            raise ValueError(f"patch_size: expected {pred.ndim} values, got {len(patch)}")
-    counts = tuple(s // p for s, p in zip(pred.shape, patch))
-    if 0 in counts:
-        raise ValueError(f"patch_size: {patch} is larger than the map {pred.shape}")
-    crop = tuple(slice(0, c * p) for c, p in zip(counts, patch))
-    blocked = tuple(x for c, p in zip(counts, patch) for x in (c, p))
-    inner_axes = tuple(range(1, 2 * pred.ndim, 2))
-    correct = (pred[crop] == ref[crop]).reshape(blocked).mean(axis=inner_axes)
-    mean_unc = unc[crop].reshape(blocked).mean(axis=inner_axes)
+    correct, mean_unc, patch, n_cropped = _patch_stats(
+        prediction, reference, uncertainty, patch_size, accuracy_threshold
+    )
     accurate = correct >= accuracy_threshold
     uncertain = mean_unc >= uncertainty_threshold
     n_ac = int(np.sum(accurate & ~uncertain))
@@ -168,7 +145,140 @@ def pavpu(
         patch_size=patch,
         accuracy_threshold=float(accuracy_threshold),
         uncertainty_threshold=float(uncertainty_threshold),
-        n_cropped=int(pred.size - correct.size * int(np.prod(patch))),
+        n_cropped=n_cropped,
+    )
+
+
+def _patch_stats(
+    prediction: Any, reference: Any, uncertainty: Any, patch_size: Any, accuracy_threshold: float
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int]:
+    """Per-patch accuracy and mean uncertainty, the patch shape and the pixels cropped away."""
+    pred = to_numpy(prediction)
+    ref = to_numpy(reference)
+    unc = to_numpy(uncertainty).astype(np.float64, copy=False)
+    if pred.ndim not in (2, 3):
+        raise ValueError(f"prediction: expected 2 or 3 spatial axes, got shape {pred.shape}")
+    for name, arr in (("reference", ref), ("uncertainty", unc)):
+        if arr.shape != pred.shape:
+            raise ValueError(f"{name}: expected shape {pred.shape}, got {arr.shape}")
+    check_finite(unc, "uncertainty")
+    if not 0.0 <= accuracy_threshold <= 1.0:
+        raise ValueError(
+            f"accuracy_threshold: expected a value in [0, 1], got {accuracy_threshold}"
+        )
+    if isinstance(patch_size, int | np.integer):
+        patch = (check_positive_int(patch_size, "patch_size"),) * pred.ndim
+    else:
+        patch = tuple(check_positive_int(p, "patch_size") for p in patch_size)
+        if len(patch) != pred.ndim:
+            raise ValueError(f"patch_size: expected {pred.ndim} values, got {len(patch)}")
+    counts = tuple(s // p for s, p in zip(pred.shape, patch))
+    if 0 in counts:
+        raise ValueError(f"patch_size: {patch} is larger than the map {pred.shape}")
+    crop = tuple(slice(0, c * p) for c, p in zip(counts, patch))
+    blocked = tuple(x for c, p in zip(counts, patch) for x in (c, p))
+    inner_axes = tuple(range(1, 2 * pred.ndim, 2))
+    correct = (pred[crop] == ref[crop]).reshape(blocked).mean(axis=inner_axes)
+    mean_unc = unc[crop].reshape(blocked).mean(axis=inner_axes)
+    return correct, mean_unc, patch, int(pred.size - correct.size * int(np.prod(patch)))
+
+
+@dataclass(frozen=True)
+class PAvPUCurve:
+    """PAvPU over a range of uncertainty thresholds, and the area under it.
+
+    Attributes
+    ----------
+    thresholds : ndarray, shape (T,)
+        Uncertainty thresholds u_T, increasing.
+    pavpu, p_accurate_given_certain, p_uncertain_given_inaccurate : ndarray, shape (T,)
+        The three PAvPU quantities at each threshold (NaN where undefined).
+    area : float
+        Area under the PAvPU curve divided by the threshold range (trapezoid rule), i.e. the mean
+        PAvPU over ``[thresholds[0], thresholds[-1]]``; in [0, 1].
+    patch_size : tuple of int
+    accuracy_threshold : float
+    n_patches : int
+    """
+
+    thresholds: np.ndarray
+    pavpu: np.ndarray
+    p_accurate_given_certain: np.ndarray
+    p_uncertain_given_inaccurate: np.ndarray
+    area: float
+    patch_size: tuple[int, ...]
+    accuracy_threshold: float
+    n_patches: int
+
+
+def pavpu_curve(
+    prediction: Any,
+    reference: Any,
+    uncertainty: Any,
+    *,
+    thresholds: Any = None,
+    n_thresholds: int = 51,
+    patch_size: int | tuple[int, ...] = 4,
+    accuracy_threshold: float = 0.5,
+) -> PAvPUCurve:
+    """PAvPU as a curve over the uncertainty threshold u_T, and its normalised area.
+
+    One value of u_T is arbitrary; the curve (Mukhoti & Gal plot it against u_T) and its area do
+    not depend on that choice. Patches, accuracy and the ``>=`` comparisons are those of
+    :func:`pavpu`, which this equals at every threshold.
+
+    Parameters
+    ----------
+    prediction, reference : ndarray or Tensor of int, shape (*spatial)
+        Predicted and reference labels.
+    uncertainty : ndarray or Tensor of float, shape (*spatial)
+        Uncertainty map.
+    thresholds : array-like, shape (T,), optional
+        Increasing thresholds (T >= 2). Default: ``n_thresholds`` evenly spaced from the smallest
+        to the largest patch-mean uncertainty (so the curve runs from "every patch uncertain" to
+        "only the most uncertain patch").
+    n_thresholds : int, keyword-only
+        Number of default thresholds (51).
+    patch_size, accuracy_threshold
+        As in :func:`pavpu`.
+
+    Returns
+    -------
+    PAvPUCurve
+    """
+    correct, mean_unc, patch, _ = _patch_stats(
+        prediction, reference, uncertainty, patch_size, accuracy_threshold
+    )
+    if thresholds is None:
+        n_thresholds = check_positive_int(n_thresholds, "n_thresholds")
+        if n_thresholds < 2:
+            raise ValueError(f"n_thresholds: expected at least 2, got {n_thresholds}")
+        lo, hi = float(mean_unc.min()), float(mean_unc.max())
+        t = np.linspace(lo, hi if hi > lo else lo + 1.0, n_thresholds)
+    else:
+        t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+        if t.size < 2 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+            raise ValueError("thresholds: expected at least 2 finite, increasing values")
+    accurate = (correct >= accuracy_threshold).reshape(-1)
+    unc = mean_unc.reshape(-1)
+    uncertain = unc[None, :] >= t[:, None]  # (T, P)
+    n_ac = (accurate & ~uncertain).sum(axis=1)
+    n_ic = (~accurate & ~uncertain).sum(axis=1)
+    n_iu = (~accurate & uncertain).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pv = (n_ac + n_iu) / accurate.size
+        pac = np.where(n_ac + n_ic > 0, n_ac / np.maximum(n_ac + n_ic, 1), np.nan)
+        pui = np.where(n_ic + n_iu > 0, n_iu / np.maximum(n_ic + n_iu, 1), np.nan)
+    area = float(np.trapezoid(pv, t) / (t[-1] - t[0]))
+    return PAvPUCurve(
+        thresholds=t,
+        pavpu=pv,
+        p_accurate_given_certain=pac,
+        p_uncertain_given_inaccurate=pui,
+        area=area,
+        patch_size=patch,
+        accuracy_threshold=float(accuracy_threshold),
+        n_patches=int(accurate.size),
     )
 
 

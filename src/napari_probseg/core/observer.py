@@ -20,6 +20,7 @@ Conventions (DESIGN.md "Metric conventions")
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ class GEDResult:
         Masks used.
     unbiased : bool
         Whether self-pairs were excluded.
+    kernel : {"iou", "dice"}
+        ``d = 1 - IoU`` (default) or ``d = 1 - Dice``.
+    absent : {"present", "one"}
+        Class-absent convention: ``"present"`` (default) averages the per-class score over the
+        foreground classes present in either mask (1 when none is); ``"one"`` (PHiSeg's
+        ``dist_fct``) scores a class absent from both masks as 1 and averages over every foreground
+        class ``1 .. n_classes - 1``.
     """
 
     ged: float
@@ -79,6 +87,8 @@ class GEDResult:
     n_samples: int
     n_raters: int
     unbiased: bool
+    kernel: str = "iou"
+    absent: str = "present"
 
     @property
     def distance(self) -> float:
@@ -140,20 +150,20 @@ class MetricSummary:
 
 
 def iou_matrix(
-    masks_a: Any,
-    masks_b: Any = None,
+    masks: Any,
+    others: Any = None,
     *,
     n_classes: int | None = None,
     chunk_pixels: int = _DEFAULT_CHUNK,
 ) -> np.ndarray:
-    """IoU of every mask of ``masks_a`` with every mask of ``masks_b``.
+    """IoU of every mask of ``masks`` with every mask of ``others`` (the package's one IoU matrix).
 
     Parameters
     ----------
-    masks_a : ndarray or Tensor, shape (N, *spatial)
+    masks : ndarray or Tensor, shape (N, *spatial)
         Integer labels, 0 = background.
-    masks_b : ndarray or Tensor, shape (M, *spatial), optional
-        Second mask set (default ``masks_a``).
+    others : ndarray or Tensor, shape (M, *spatial), optional
+        Second mask set (default ``masks``).
     n_classes : int, optional
         Number of classes including background (default: largest label + 1).
     chunk_pixels : int
@@ -165,10 +175,10 @@ def iou_matrix(
         IoU averaged over the foreground classes present in either mask; 1 where both are empty.
     """
     chunk_pixels = min(check_positive_int(chunk_pixels, "chunk_pixels"), _MAX_CHUNK)
-    a = check_masks(masks_a, "masks_a")
-    b = a if masks_b is None else check_masks(masks_b, "masks_b")
-    _check_same_spatial(a, b, "masks_b")
-    if masks_b is None:
+    a = check_masks(masks, "masks")
+    b = a if others is None else check_masks(others, "others")
+    _check_same_spatial(a, b, "others")
+    if others is None:
         return _iou_from_counts(_intersections([a], n_classes, chunk_pixels))
     inter = _intersections([a, b], n_classes, chunk_pixels, cross_only=True)
     n = len(a)
@@ -182,8 +192,10 @@ def ged(
     n_samples: int | None = 16,
     unbiased: bool = False,
     n_classes: int | None = None,
+    kernel: str = "iou",
+    absent: str = "present",
 ) -> GEDResult:
-    """Generalized energy distance D²_GED with kernel ``d = 1 - IoU``.
+    """Generalized energy distance D²_GED with kernel ``d = 1 - IoU`` (default) or ``1 - Dice``.
 
     Parameters
     ----------
@@ -198,19 +210,29 @@ def ged(
         default includes them, as in the literature (see :class:`GEDResult`).
     n_classes : int, optional
         Number of classes including background (default: largest label + 1).
+    kernel : {"iou", "dice"}, keyword-only
+        Per-class similarity of the distance ``d = 1 - similarity``. Default ``"iou"`` (Kohl et
+        al. and most later work); ``"dice"`` as some papers report.
+    absent : {"present", "one"}, keyword-only
+        Class-absent convention (see :class:`GEDResult`). Default ``"present"``; ``"one"``
+        reproduces PHiSeg (Baumgartner et al.): a class absent from both masks scores 1 and the
+        mean runs over every foreground class. Both agree for binary masks.
 
     Returns
     -------
     GEDResult
         ``ged`` is the squared distance D²_GED.
     """
+    _check_kernel(kernel, absent)
     s, r = _prepare(samples, references, n_samples)
     if unbiased and (len(s) < 2 or len(r) < 2):
         raise ValueError(
             f"unbiased: needs at least 2 samples and 2 references, got {len(s)} and {len(r)}"
         )
-    iou = _iou_from_counts(_intersections([s, r], n_classes, _DEFAULT_CHUNK))
-    return _ged_from_iou(iou, len(s), unbiased)
+    inter = _intersections([s, r], n_classes, _DEFAULT_CHUNK)
+    sim = _similarity_from_counts(inter, kernel=kernel, absent=absent)
+    out = _ged_from_iou(sim, len(s), unbiased)
+    return dataclasses.replace(out, kernel=kernel, absent=absent)
 
 
 def hm_iou(
@@ -311,10 +333,14 @@ def observer_metrics(
     n_samples: int | None = 16,
     unbiased: bool = False,
     n_classes: int | None = None,
+    ged_kernel: str = "iou",
+    ged_absent: str = "present",
 ) -> ObserverMetrics:
     """GED, HM-IoU and NCC at once, sharing one matrix product for all pairwise IoUs.
 
-    Parameters are those of :func:`ged`; see :func:`ged`, :func:`hm_iou` and :func:`ncc`.
+    Parameters are those of :func:`ged` (``ged_kernel`` and ``ged_absent`` are its ``kernel`` and
+    ``absent``, for the GED only: HM-IoU always matches on the IoU); see :func:`ged`,
+    :func:`hm_iou` and :func:`ncc`.
 
     Returns
     -------
@@ -325,11 +351,21 @@ def observer_metrics(
         raise ValueError(
             f"unbiased: needs at least 2 samples and 2 references, got {len(s)} and {len(r)}"
         )
+    _check_kernel(ged_kernel, ged_absent)
     k = _n_classes([s, r], n_classes)
-    iou = _iou_from_counts(_intersections([s, r], k, _DEFAULT_CHUNK))
+    inter = _intersections([s, r], k, _DEFAULT_CHUNK)
+    iou = _iou_from_counts(inter)
+    sim = (
+        iou
+        if (ged_kernel, ged_absent) == ("iou", "present")
+        else (_similarity_from_counts(inter, kernel=ged_kernel, absent=ged_absent))
+    )
     n = len(s)
+    ged_result = dataclasses.replace(
+        _ged_from_iou(sim, n, unbiased), kernel=ged_kernel, absent=ged_absent
+    )
     return ObserverMetrics(
-        ged=_ged_from_iou(iou, n, unbiased),
+        ged=ged_result,
         hm_iou=_hm_from_iou(iou[:n, n:]),
         ncc=_pearson_counts(_variance_counts(s, k), _variance_counts(r, k)),
         n_samples=n,
@@ -474,6 +510,37 @@ def _popcount_gram(words: np.ndarray, block: int = 4096, split: int | None = Non
             np.bitwise_count(t, out=c)
             gram[i, lo:] += c.sum(axis=1, dtype=np.int64)
     return np.triu(gram) + np.triu(gram, 1).T
+
+
+GED_KERNELS = ("iou", "dice")
+GED_ABSENT = ("present", "one")
+
+
+def _check_kernel(kernel: str, absent: str) -> None:
+    if kernel not in GED_KERNELS:
+        raise ValueError(f"kernel: expected one of {GED_KERNELS}, got {kernel!r}")
+    if absent not in GED_ABSENT:
+        raise ValueError(f"absent: expected one of {GED_ABSENT}, got {absent!r}")
+
+
+def _similarity_from_counts(inter: np.ndarray, *, kernel: str, absent: str) -> np.ndarray:
+    """IoU or Dice matrix ``(L, L)`` from per-class intersections, with a class-absent convention."""
+    if kernel == "iou" and absent == "present":
+        return _iou_from_counts(inter)
+    area = np.diagonal(inter, axis1=1, axis2=2)  # (C - 1, L)
+    total = area[:, :, None] + area[:, None, :]
+    union = total - inter
+    present = union > 0
+    num, den = (inter, union) if kernel == "iou" else (2 * inter, total)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(present, num / np.where(present, den, 1), 0.0)
+    if absent == "one":
+        # PHiSeg: a class absent from both masks agrees perfectly; mean over every class.
+        if ratio.shape[0] == 0:
+            return np.ones(ratio.shape[1:])
+        return np.where(present, ratio, 1.0).mean(axis=0)
+    n_present = present.sum(axis=0)
+    return np.where(n_present > 0, ratio.sum(axis=0) / np.maximum(n_present, 1), 1.0)
 
 
 def _iou_from_counts(inter: np.ndarray) -> np.ndarray:

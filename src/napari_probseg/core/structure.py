@@ -23,6 +23,9 @@ from scipy.spatial.distance import squareform
 
 from napari_probseg.core._validation import check_masks
 
+# The package's one IoU matrix (re-exported here for the structure measures' users).
+from napari_probseg.core.observer import iou_matrix
+
 __all__ = [
     "Envelope",
     "Hypothesis",
@@ -78,38 +81,6 @@ def _mean_over_present(score: np.ndarray, present: np.ndarray) -> np.ndarray:
     count = present.sum(axis=0)
     total = np.where(present, score, 0.0).sum(axis=0)
     return np.where(count > 0, total / np.maximum(count, 1), 1.0)
-
-
-def iou_matrix(masks: Any, others: Any = None) -> np.ndarray:
-    """Intersection over union between every pair of masks, averaged over foreground classes.
-
-    Parameters
-    ----------
-    masks : ndarray or Tensor, shape (N, *spatial)
-        Integer label masks, 0 = background.
-    others : ndarray or Tensor, shape (M, *spatial), optional
-        Second mask set (e.g. rater references); default ``masks`` itself.
-
-    Returns
-    -------
-    ndarray, shape (N, M)
-        ``IoU[i, j]``: for each foreground class present in mask ``i`` or mask ``j``, the IoU of
-        that class, averaged over those classes; ``IoU(empty, empty) = 1``.
-
-    Raises
-    ------
-    ValueError
-        Invalid masks, or ``others`` with another spatial shape.
-    """
-    a = check_masks(masks, "masks")
-    b = a if others is None else check_masks(others, "others")
-    if b.shape[1:] != a.shape[1:]:
-        raise ValueError(f"others: spatial shape {b.shape[1:]} differs from masks {a.shape[1:]}")
-    inter, sa, sb = _overlaps(a, b)
-    union = sa[:, :, None] + sb[:, None, :] - inter
-    present = union > 0
-    iou = np.where(present, inter / np.maximum(union, 1), 0.0)
-    return _mean_over_present(iou, present)
 
 
 def pairwise_dice(masks: Any) -> float:

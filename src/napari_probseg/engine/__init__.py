@@ -15,7 +15,7 @@ from napari_probseg.engine._io import load_result, save_result, to_jsonable
 from napari_probseg.engine._normalize import normalize, parse_normalization
 from napari_probseg.engine._predict import cancel_checker, predict, run_prediction
 from napari_probseg.engine._provenance import image_signature, package_versions
-from napari_probseg.engine._summary import summarize
+from napari_probseg.engine._summary import card_reference, summarize
 from napari_probseg.engine._types import Cancelled, PredictionResult, Progress
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "PredictionResult",
     "Progress",
     "cancel_checker",
+    "card_reference",
     "image_signature",
     "load_result",
     "normalize",

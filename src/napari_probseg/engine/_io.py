@@ -30,42 +30,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_probseg.core._serialize import to_jsonable
 from napari_probseg.engine._types import PredictionResult
 
 FORMAT_VERSION = 1
 _MAPS = ("mean_probs", "variance", "predictive_entropy", "expected_entropy", "mutual_information")
-
-
-def to_jsonable(value: Any) -> Any:
-    """Return ``value`` with numpy scalars/arrays, tuples, paths and dataclasses made JSON-able."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return to_jsonable(value.item())
-    if isinstance(value, float) and not np.isfinite(value):
-        return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    for attr in ("to_dict", "as_dict"):
-        if callable(getattr(value, attr, None)):
-            return to_jsonable(getattr(value, attr)())
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return to_jsonable(asdict(value))
-    return str(value)
 
 
 def _dims(n_spatial: int) -> tuple[str, ...]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
 import numpy as np
+
+# The package's one timestamp (re-exported for the engine).
+from napari_probseg.core._serialize import utc_now
+
+__all__ = ["VERSION_PACKAGES", "image_signature", "package_versions", "utc_now"]
 
 #: Packages whose versions every result records.
 VERSION_PACKAGES = ("napari-probseg", "torch", "numpy", "monai")
@@ -49,8 +53,3 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name.replace("-", "_")] = None
     return versions
-
-
-def utc_now() -> str:
-    """Return the current UTC time in ISO 8601."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

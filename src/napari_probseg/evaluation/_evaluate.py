@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_probseg.core.aggregate import AGGREGATIONS, aggregate
+from napari_probseg.core._serialize import to_jsonable as _jsonable
+from napari_probseg.core.aggregate import AGGREGATIONS
 from napari_probseg.core.calibration import CalibrationAccumulator, adaptive_ece
-from napari_probseg.core.introspection import aurc, dice_risk, pavpu
+from napari_probseg.core.introspection import aurc, dice_risk, pavpu, pavpu_curve
 from napari_probseg.core.observer import ged, hm_iou, observer_metrics, summarize
-from napari_probseg.core.structure import pairwise_dice, volume_cov
+from napari_probseg.core.scoring import brier_score, nll
 from napari_probseg.core.uncertainty import entropy
 from napari_probseg.evaluation._runs import RunData, load_run
 
@@ -59,7 +60,10 @@ IMAGE_METRICS = {
     "ged_unbiased": "GED^2 without self-pairs (U-statistic)",
     "hm_iou": "Hungarian-matched IoU vs all raters",
     "ncc": "Pearson correlation of sample and rater variance maps",
+    "nll": "mean pixel negative log-likelihood (nats) of the mean probabilities",
+    "brier": "mean pixel multi-class Brier score sum_k (p_k - y_k)^2",
     "pavpu": "patch accuracy vs patch uncertainty",
+    "pavpu_area": "area under PAvPU over u_T in [0, log K] (normalised: mean PAvPU)",
     "pairwise_dice": "mean Dice over sample pairs",
     "volume_cov": "coefficient of variation of sample volumes",
     "dice": "Dice of the consensus (argmax of mean probabilities) vs the reference",
@@ -216,6 +220,8 @@ def evaluate_store(
     curves: bool = False,
     max_subsets: int = 10,
     progress: Callable[[str], None] | None = None,
+    ged_kernel: str = "iou",
+    ged_absent: str = "present",
 ) -> StoreEvaluation:
     """Evaluate prediction runs of a store's images against their raters.
 
@@ -249,6 +255,11 @@ def evaluate_store(
         See ``curves``.
     progress : callable, optional
         Called with one line per image.
+    ged_kernel : {"iou", "dice"}
+        GED distance ``1 - IoU`` (default, as the literature) or ``1 - Dice``.
+    ged_absent : {"present", "one"}
+        GED class-absent convention: ``"present"`` (default) averages over the classes present in
+        either mask; ``"one"`` is PHiSeg's (absent from both = 1, mean over every class).
 
     Returns
     -------
@@ -265,6 +276,8 @@ def evaluate_store(
     n_bins = check_positive_int(n_bins, "n_bins")
     n_samples = check_positive_int(n_samples, "n_samples")
     check_choice(aggregation, "aggregation", AGGREGATIONS)
+    check_choice(ged_kernel, "ged_kernel", ("iou", "dice"))
+    check_choice(ged_absent, "ged_absent", ("present", "one"))
     if not (0.0 < float(pavpu_threshold) <= 1.0):
         raise ValueError(f"pavpu_threshold: expected a fraction in (0, 1], got {pavpu_threshold}")
     explicit = image_ids is not None
@@ -301,6 +314,7 @@ def evaluate_store(
             n_samples=n_samples,
             aggregation=aggregation,
             pavpu_threshold=float(pavpu_threshold),
+            ged_options={"kernel": ged_kernel, "absent": ged_absent},
         )
         evaluations.append(ev)
         per_image_raters.append(masks)
@@ -332,6 +346,11 @@ def evaluate_store(
         settings={
             "n_bins": n_bins,
             "n_samples": n_samples,
+            "ged": {
+                "kernel": f"1 - {'IoU' if ged_kernel == 'iou' else 'Dice'}",
+                "absent": ged_absent,
+                "default": "1 - IoU, classes present in either mask (absent = 'present')",
+            },
             "aggregation": aggregation,
             "pavpu": {
                 "patch": 4,
@@ -399,6 +418,7 @@ def _evaluate_image(
     n_samples: int,
     aggregation: str,
     pavpu_threshold: float,
+    ged_options: dict[str, str] | None = None,
 ) -> ImageEvaluation:
     probs = data.probs
     k = max(probs.shape[0], int(masks.max(initial=0)) + 1, int(data.samples.max(initial=0)) + 1)
@@ -429,9 +449,17 @@ def _evaluate_image(
 
     samples = data.samples
     used = min(n_samples, len(samples))
-    obs = observer_metrics(samples, masks, n_samples=n_samples, n_classes=k)
+    opts = {"kernel": "iou", "absent": "present", **(ged_options or {})}
+    obs = observer_metrics(
+        samples,
+        masks,
+        n_samples=n_samples,
+        n_classes=k,
+        ged_kernel=opts["kernel"],
+        ged_absent=opts["absent"],
+    )
     if used >= 2 and len(masks) >= 2:
-        ged_u = ged(samples, masks, n_samples=n_samples, unbiased=True, n_classes=k).ged
+        ged_u = ged(samples, masks, n_samples=n_samples, unbiased=True, n_classes=k, **opts).ged
     else:
         ged_u = float("nan")
 
@@ -444,8 +472,19 @@ def _evaluate_image(
         mean_mi = 0.0  # a single (deterministic) sample carries no mutual information
     u_t = pavpu_threshold * math.log(probs.shape[0])
     pv = [pavpu(pred, ref, pe, uncertainty_threshold=u_t) for ref in hard]
+    # The curve over u_T on a fixed grid (a share of log K), so that curves average over images.
+    grid = np.linspace(0.0, 1.0, 21) * math.log(probs.shape[0])
+    curves = [pavpu_curve(pred, ref, pe, thresholds=grid) for ref in hard]
+    p_norm = _renormalize(probs)
+    if kind == "soft":
+        nll_value, brier_value = nll(p_norm, soft), brier_score(p_norm, soft)
+    else:
+        nll_value = float(np.mean([nll(p_norm, ref) for ref in hard]))
+        brier_value = float(np.mean([brier_score(p_norm, ref) for ref in hard]))
     dice = float(np.mean([1.0 - dice_risk(pred, ref) for ref in hard]))
-    score = _aggregate(pe, pred, aggregation, u_t)
+    summary = run_summary(data, pe, aggregation=_aggregation_spec(aggregation, u_t))
+    score = summary["scores"][0]
+    structure = {m["measure"]: m["value"] for m in summary["structure"]}
     values = {
         "ece": cal.ece,
         "mce": cal.mce,
@@ -455,13 +494,16 @@ def _evaluate_image(
         "ged_unbiased": ged_u,
         "hm_iou": obs.hm_iou.hm_iou,
         "ncc": obs.ncc,
+        "nll": nll_value,
+        "brier": brier_value,
         "pavpu": float(np.mean([p.pavpu for p in pv])),
-        "pairwise_dice": pairwise_dice(samples),
-        "volume_cov": volume_cov(samples),
+        "pavpu_area": float(np.mean([c.area for c in curves])),
+        "pairwise_dice": _nan(structure.get("pairwise_dice")),
+        "volume_cov": _nan(structure.get("volume_cov")),
         "dice": dice,
         "mean_mutual_information": mean_mi,
         "mean_predictive_entropy": float(np.mean(pe)),
-        "uncertainty": score.value,
+        "uncertainty": _nan(score["value"]),
     }
     meanings = data.metadata.get("meanings") or {}
     return ImageEvaluation(
@@ -492,13 +534,18 @@ def _evaluate_image(
             "n_iu": sum(p.n_iu for p in pv),
             "uncertainty_threshold": u_t,
             "patch_size": list(pv[0].patch_size),
+            "curve": {
+                "thresholds": grid,
+                "pavpu": np.mean([c.pavpu for c in curves], axis=0),
+                "area": float(np.mean([c.area for c in curves])),
+            },
         },
         uncertainty={
-            "map": "predictive_entropy",
-            "aggregation": score.method,
-            "params": score.params,
-            "description": score.description,
-            "value": score.value,
+            "map": score["map"],
+            "aggregation": score["aggregation"],
+            "params": score["params"],
+            "description": score["description"],
+            "value": _nan(score["value"]),
         },
         accumulator=acc,
     )
@@ -510,14 +557,64 @@ def _renormalize(probs: np.ndarray) -> np.ndarray:
     return p / np.maximum(p.sum(axis=0, keepdims=True), 1e-12)
 
 
-def _aggregate(pe: np.ndarray, pred: np.ndarray, method: str, u_t: float) -> Any:
-    if method == "foreground_normalized":
-        return aggregate(pe, method=method, mask=pred > 0)
-    if method == "patch_max":
-        return aggregate(pe, method=method, patch_size=tuple(min(8, s) for s in pe.shape))
+def _nan(value: Any) -> float:
+    """The summary's JSON None (undefined) back to NaN for the dataset means."""
+    return float("nan") if value is None else float(value)
+
+
+def _aggregation_spec(method: str, u_t: float) -> dict[str, Any]:
+    """The image score's aggregation; thresholded ones at half the PAvPU threshold."""
     if method.startswith("thresholded"):
-        return aggregate(pe, method=method, threshold=0.5 * u_t)
-    return aggregate(pe, method=method)
+        return {"method": method, "threshold": 0.5 * u_t}
+    return {"method": method}
+
+
+def run_summary(
+    data: RunData, pe: np.ndarray | None = None, *, aggregation: Any = "mean"
+) -> dict[str, Any]:
+    """Return the one image-level summary (:func:`napari_probseg.core.summary.image_summary`)
+    of a stored run, with ``aggregation`` of the predictive entropy as its first score.
+
+    Parameters
+    ----------
+    data : RunData
+        The stored run.
+    pe : ndarray, shape (*S), optional
+        Predictive entropy when the run stores none (default: the stored map, else the entropy
+        of the renormalized mean probabilities).
+    aggregation : str or mapping, keyword-only
+        Aggregation of the first score (see ``image_summary``); the defaults follow.
+    """
+    from napari_probseg.core._terms import SOURCES
+    from napari_probseg.core.summary import DEFAULT_AGGREGATIONS, image_summary
+
+    if pe is None:
+        pe = data.maps.get("predictive_entropy")
+        pe = entropy(_renormalize(data.probs)) if pe is None else np.asarray(pe, np.float64)
+    known = all(s in SOURCES for s in data.source)
+    source = tuple(data.source) if known else ("none",)
+    maps = {"predictive_entropy": np.asarray(pe, np.float64)}
+    if source != ("none",):
+        for name in ("mutual_information", "expected_entropy"):
+            if data.maps.get(name) is not None:
+                maps[name] = data.maps[name]
+    first = aggregation if isinstance(aggregation, dict) else {"method": aggregation}
+    rest = [a for a in DEFAULT_AGGREGATIONS if a != first["method"]]
+    summary = image_summary(
+        mean_probs=data.probs,
+        maps=maps,
+        samples=data.samples,
+        method=data.method,
+        source=source,
+        n_samples=data.n_samples,
+        provenance=data.metadata.get("provenance") or {},
+        aggregations=[first, *rest],
+    )
+    # Order: the requested aggregation of the predictive entropy first.
+    summary["scores"].sort(
+        key=lambda sc: (sc["map"] != "predictive_entropy", sc["aggregation"] != first["method"])
+    )
+    return summary
 
 
 def ged_vs_n(runs: list[RunData], raters: list[np.ndarray]) -> dict[str, Any]:
@@ -588,18 +685,3 @@ def _n_classes(run: RunData, masks: np.ndarray) -> int:
     return max(
         run.probs.shape[0], int(masks.max(initial=0)) + 1, int(run.samples.max(initial=0)) + 1
     )
-
-
-def _jsonable(value: Any) -> Any:
-    """numpy -> Python, NaN/Inf -> None, tuples -> lists (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

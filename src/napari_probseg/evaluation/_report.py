@@ -13,11 +13,14 @@ COLUMNS = (
     ("mce", "MCE"),
     ("ace", "ACE"),
     ("adaptive_ece", "aECE"),
+    ("nll", "NLL"),
+    ("brier", "Brier"),
     ("ged", "GED16"),
     ("ged_unbiased", "GED16u"),
     ("hm_iou", "HM-IoU16"),
     ("ncc", "NCC"),
     ("pavpu", "PAvPU"),
+    ("pavpu_area", "PAvPU-AUC"),
     ("pairwise_dice", "pairDice"),
     ("volume_cov", "volCoV"),
     ("dice", "Dice"),
@@ -51,6 +54,8 @@ def format_table(evaluation: Any) -> str:
         f"methods: {', '.join(ev.methods)}"
         + ("  (WARNING: runs of different methods are mixed)" if len(ev.methods) > 1 else ""),
         f"N used for GED/HM-IoU/NCC: first {ev.settings['n_samples']} samples; "
+        f"GED d = {ev.settings.get('ged', {}).get('kernel', '1 - IoU')} "
+        f"(class-absent: {ev.settings.get('ged', {}).get('absent', 'present')}); "
         f"calibration: {ev.settings['n_bins']} equal-width bins, top-label confidence; "
         f"PAvPU u_T = {ev.settings['pavpu']['uncertainty_threshold']} on 4x4 patches; "
         f"U = {ev.aurc_info['aggregation']} of the predictive entropy",

@@ -7,7 +7,8 @@ A run saved by :func:`save_run` is a ``ProjectStore`` prediction group (``docs/S
   ``mutual_information`` ``(*S)`` (float32, nats);
 - metadata: ``kind = "probseg-run"``, ``method``, ``source``, ``n_samples``, ``meanings``,
   ``class_names``, ``scale``, ``input_signature``, ``volumes`` (per-sample expected foreground
-  volume), ``units`` and ``provenance`` (card sha256, method parameters, seed, device, versions).
+  volume), ``units``, ``provenance`` (card sha256, method parameters, seed, device, versions) and
+  ``summary`` (the one image-level summary with its verdict, :func:`napari_probseg.engine.summarize`).
 
 :func:`load_run` also reads runs written by other tools with fewer arrays: ``probs`` is accepted
 for ``mean_probs``; without probabilities the per-pixel sample frequencies stand in for them (the
@@ -80,6 +81,7 @@ def save_run(
     *,
     run_id: str | None = None,
     metadata: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> str:
     """Save an engine :class:`~napari_probseg.engine.PredictionResult` as a run of ``image_id``.
 
@@ -95,13 +97,16 @@ def save_run(
         Run identifier (default: the store's ``run-<time>-<random>``).
     metadata : dict, optional
         Extra JSON-able metadata merged over the run description.
+    reference : dict, optional
+        The model card's in-domain reference (``engine.card_reference(card)``) for the verdict of
+        the saved ``summary`` (the one image-level summary, :func:`napari_probseg.engine.summarize`).
 
     Returns
     -------
     str
         The run id.
     """
-    from napari_probseg.engine import to_jsonable
+    from napari_probseg.engine import summarize, to_jsonable
 
     if result.samples is None:
         raise ValueError("result: has no samples (predict with keep_samples=True)")
@@ -120,6 +125,7 @@ def save_run(
         "volumes": np.asarray(maps.volumes, np.float64),
         "units": getattr(maps, "units", "nats"),
         "provenance": result.provenance,
+        "summary": summarize(result, reference=reference),
         **dict(metadata or {}),
     }
     return store.save_prediction(image_id, arrays, to_jsonable(meta), run_id=run_id)
@@ -251,7 +257,13 @@ def predict_store(
             scale=scale,
             slice_by_slice=image.ndim == 3 and m.spatial_dims == 2,
         )
-        out[image_id] = save_run(store, image_id, result, run_id=run_id)
+        out[image_id] = save_run(
+            store,
+            image_id,
+            result,
+            run_id=run_id,
+            reference=engine.card_reference(getattr(m, "card", None)),
+        )
         if progress is not None:
             progress(f"{i + 1}/{len(ids)} {image_id}: {m.name}, N = {result.n_samples}")
     return out

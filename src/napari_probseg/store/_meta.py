@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from napari_probseg.core._serialize import to_jsonable as _to_jsonable
+from napari_probseg.core._serialize import utc_now  # noqa: F401  (the one timestamp)
 from napari_probseg.store._errors import InvalidIdentifierError
 
 #: Schema version written into the root attributes (``attributes.probseg.schema_version``).
@@ -91,35 +89,18 @@ _WINDOWS_RESERVED = frozenset(
 )
 
 
-def utc_now() -> str:
-    """Current time as an ISO 8601 UTC timestamp (microseconds, ``+00:00`` suffix)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat()
-
-
 def to_jsonable(value: Any, name: str = "metadata") -> Any:
-    """Return ``value`` converted to plain JSON types (numpy scalars/arrays become Python values).
+    """Return ``value`` as plain JSON types; NaN/Inf raise (stored metadata must round-trip).
+
+    The package's one conversion (:func:`napari_probseg.core._serialize.to_jsonable`) with
+    ``nonfinite="raise"``.
 
     Raises
     ------
     ValueError
         Naming ``name`` if ``value`` cannot be represented as JSON (or holds NaN/Inf).
     """
-
-    def default(o: Any) -> Any:
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, (set, frozenset, tuple)):
-            return list(o)
-        if dataclasses.is_dataclass(o) and not isinstance(o, type):
-            return dataclasses.asdict(o)
-        raise TypeError(f"{type(o).__name__} is not JSON-able")
-
-    try:
-        return json.loads(json.dumps(value, default=default, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: not JSON-able ({exc})") from None
+    return _to_jsonable(value, nonfinite="raise", name=name)
 
 
 @dataclass(frozen=True)

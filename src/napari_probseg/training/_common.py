@@ -232,32 +232,20 @@ def evaluate_method(
 
 @torch.no_grad()
 def fit_temperature(net: nn.Module, ds: Dataset, *, targets: str = "raters") -> float:
-    """Temperature minimising the held-out NLL of softmax(logits / T) against every rater's mask
-    (a 1-D search over log T: a grid, then a golden-section refinement)."""
+    """Temperature minimising the held-out NLL of softmax(logits / T) against every rater's mask.
+
+    The package's one temperature fit (:func:`napari_probseg.core.calibration.fit_temperature`,
+    L-BFGS on log T) on the logits repeated once per rater, so every rater's mask weighs the same.
+    """
+    from napari_probseg.core.calibration import fit_temperature as core_fit_temperature
+
     net.eval()
-    logits = torch.cat([net(ds.x[i : i + 1]) for i in range(len(ds.x))])
-    logp_cache: dict[float, float] = {}
-
-    def nll(log_t: float) -> float:
-        if log_t not in logp_cache:
-            logp = torch.log_softmax(logits / math.exp(log_t), 1)
-            vals = [
-                -logp.gather(1, ds.raters[:, r : r + 1]).mean() for r in range(ds.raters.shape[1])
-            ]
-            logp_cache[log_t] = float(torch.stack(vals).mean())
-        return logp_cache[log_t]
-
-    grid = np.linspace(-1.5, 1.5, 31)
-    best = float(grid[int(np.argmin([nll(float(t)) for t in grid]))])
-    lo, hi = best - 0.1, best + 0.1
-    phi = (math.sqrt(5) - 1) / 2
-    for _ in range(20):
-        a, b = hi - phi * (hi - lo), lo + phi * (hi - lo)
-        if nll(a) < nll(b):
-            hi = b
-        else:
-            lo = a
-    return float(math.exp((lo + hi) / 2))
+    logits = torch.cat([net(ds.x[i : i + 1]) for i in range(len(ds.x))])  # (B, K, *S)
+    n_raters = ds.raters.shape[1]
+    # (B, R, *S) rater masks -> (R * B, *S) beside R copies of the logits
+    stacked = torch.cat([ds.raters[:, r] for r in range(n_raters)])
+    fit = core_fit_temperature(logits.repeat(n_raters, *([1] * (logits.ndim - 1))), stacked)
+    return fit.temperature
 
 
 def save_model(card: ModelCard, net: nn.Module, folder: Path) -> ModelCard:
