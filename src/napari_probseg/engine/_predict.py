@@ -53,9 +53,10 @@ def predict(
     :func:`run_prediction`). Cheap argument checks run at call time; the work runs as the
     generator is consumed. The same generator serves the CLI, the tests and the napari worker.
 
-    Loop order: sample batches outer, windows (tiles, slices) inner. For sample batch ``j`` a CPU
-    ``torch.Generator`` is re-seeded with the same seed for every window, so sample ``i`` of the
-    batch is the same hypothesis in every tile (see the Method interface). The batch's windows are
+    Loop order: sample batches outer, windows (tiles, slices) inner. A CPU ``torch.Generator`` is
+    re-seeded with ``seed`` for every window and batch, and ``method.sample`` gets the global
+    index of the batch's first hypothesis (``first_index``), so hypothesis ``i`` is the same in
+    every tile and whatever the batch size or memory budget (see the Method interface). The batch's windows are
     blended (gaussian weights) into one ``(b, K, *spatial)`` float32 buffer on the CPU, which
     updates a :class:`~napari_probseg.core.uncertainty.UncertaintyAccumulator` and is stored as
     ``uint8`` argmax labels. Peak memory: ``b*K*V`` float32 + ``(2K+1)*V`` float64 sums +
@@ -73,7 +74,8 @@ def predict(
     n_samples : int
         Samples N to draw (forced to 1 for deterministic methods; the change is recorded).
     seed : int
-        Seed (>= 0). The same seed, batch size and device give identical samples.
+        Seed (>= 0). The same seed and device give the same samples whatever the batch size or
+        memory budget.
     device : str or torch.device
         ``"auto"`` (CUDA, then MPS, then CPU) or an explicit device.
     batch_size : int, optional
@@ -264,8 +266,22 @@ def _layout(image: Any, method: Any, *, slice_by_slice: bool) -> tuple[np.ndarra
 
 
 def _batch_seed(seed: int, start: int) -> int:
-    """Seed of the sample batch starting at sample ``start`` (independent streams per batch)."""
+    """Seed of the sample batch starting at sample ``start``, for methods whose ``sample`` takes no
+    ``first_index`` (their samples then depend on the batch split)."""
     return int(np.random.SeedSequence([seed, start]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def accepts_first_index(method: Any) -> bool:
+    """True when ``method.sample`` takes ``first_index`` (the Method contract; batch-invariant)."""
+    import inspect
+
+    try:
+        params = inspect.signature(method.sample).parameters
+    except (TypeError, ValueError):
+        return False
+    return "first_index" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
 
 
 def _run(
@@ -354,6 +370,13 @@ def _run(
     done = 0
     buffer = None
     hooks = _install_cancel_hooks(method, check_cancel) if has_cancel else []
+    invariant = accepts_first_index(method)
+    if not invariant:
+        warn(
+            f"method: {method.name}.sample takes no first_index; its samples depend on the "
+            "batch size",
+            emit=False,
+        )
     try:
         while done < n_total:
             bj = min(b, n_total - done)
@@ -368,11 +391,12 @@ def _run(
                     plan,
                     buf,
                     bj,
-                    _batch_seed(seed, done),
+                    seed if invariant else _batch_seed(seed, done),
                     dev,
                     check_cancel,
                     done=done,
                     n_total=n_total,
+                    first_index=done if invariant else None,
                 )
             except Exception as exc:
                 if not is_out_of_memory(exc):
@@ -531,8 +555,12 @@ def _run_batch(
     *,
     done: int,
     n_total: int,
+    first_index: int | None,
 ) -> Generator[Progress, None, None]:
-    """Blend every window of one sample batch into ``buf``; yield after each window but the last."""
+    """Blend every window of one sample batch into ``buf``; yield after each window but the last.
+
+    ``first_index`` is the global index of the batch's first hypothesis (None: the method takes
+    no ``first_index`` and ``batch_seed`` is a per-batch seed)."""
     import torch
 
     n_windows = len(plan.windows)
@@ -542,7 +570,10 @@ def _run_batch(
         x = x_full[window.source].unsqueeze(0).to(dev)
         generator = torch.Generator(device="cpu").manual_seed(batch_seed)
         with torch.inference_mode():
-            out = method.sample(x, bj, generator=generator)
+            if first_index is None:
+                out = method.sample(x, bj, generator=generator)
+            else:
+                out = method.sample(x, bj, generator=generator, first_index=first_index)
         expected = (bj, k, *x.shape[2:])
         if tuple(out.shape) != expected:
             raise ValueError(
