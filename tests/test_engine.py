@@ -149,7 +149,7 @@ def test_tiled_equals_untiled_for_translation_equivariant_network(spatial_dims):
     patch = (16, 16) if spatial_dims == 2 else (8, 8, 8)
     tiled = engine.run_prediction(img, method, patch_size=patch, overlap=0.25, **kw)
     assert tiled.provenance["tiling"]["n_tiles"] > 4
-    assert tiled.provenance["tiling"]["blend"] == "gaussian"
+    assert tiled.provenance["tiling"]["blend"] == "edge-ramp"
     np.testing.assert_allclose(tiled.maps.mean_probs, whole.maps.mean_probs, atol=1e-5)
     np.testing.assert_allclose(
         tiled.maps.mutual_information, whole.maps.mutual_information, atol=1e-5

@@ -57,7 +57,7 @@ def predict(
     re-seeded with ``seed`` for every window and batch, and ``method.sample`` gets the global
     index of the batch's first hypothesis (``first_index``), so hypothesis ``i`` is the same in
     every tile and whatever the batch size or memory budget (see the Method interface). The batch's windows are
-    blended (gaussian weights) into one ``(b, K, *spatial)`` float32 buffer on the CPU, which
+    blended (edge-ramp weights, see engine/_tiling.py) into one ``(b, K, *spatial)`` float32 buffer on the CPU, which
     updates a :class:`~napari_probseg.core.uncertainty.UncertaintyAccumulator` and is stored as
     ``uint8`` argmax labels. Peak memory: ``b*K*V`` float32 + ``(2K+1)*V`` float64 sums +
     ``N*V`` bytes of labels.
@@ -475,7 +475,7 @@ def _run(
             "patch_size": list(plan.patch_size),
             "overlap": overlap,
             "n_tiles": plan.n_tiles,
-            "blend": "gaussian" if plan.tiled else "none",
+            "blend": "edge-ramp" if plan.tiled else "none",
         },
         "slice_by_slice": slice_mode,
         "normalization": norm,
@@ -582,7 +582,7 @@ def _run_batch(
             )
         probs = out.detach().to("cpu", torch.float32)
         if plan.tiled:
-            buf[window.target] += probs * plan.importance
+            buf[window.target] += probs * plan.weight(window)
         else:
             buf[window.target] = probs
         del out, probs, x
