@@ -279,3 +279,43 @@ def pad_image(image: np.ndarray, padded_shape: Sequence[int]) -> np.ndarray:
 def crop(buffer: Any, image_shape: Sequence[int]) -> Any:
     """Crop a ``(B, K, *padded)`` buffer back to ``(B, K, *image_shape)``."""
     return buffer[(slice(None), slice(None), *(slice(0, int(s)) for s in image_shape))]
+
+
+@dataclass(frozen=True)
+class Slab:
+    """Tiles sharing their start along the first axis of the padded shape (or one plane).
+
+    ``lo``/``hi``: rows the slab's tiles cover; ``final``: rows below it are complete once this
+    slab is done (the next slab's ``lo``); rows ``final..hi`` carry over to the next slab.
+    """
+
+    lo: int
+    final: int
+    hi: int
+    windows: list
+
+
+def slabs(plan: TilePlan) -> list[Slab]:
+    """Group the windows of ``plan`` into slabs along the first axis of ``plan.padded_shape``."""
+    groups: dict[tuple[int, int], list] = {}
+    for w in plan.windows:
+        first = w.target[2]
+        span = (
+            (first, first + 1)
+            if isinstance(first, (int, np.integer))
+            else (first.start, first.stop)
+        )
+        groups.setdefault((int(span[0]), int(span[1])), []).append(w)
+    keys = sorted(groups)
+    out = []
+    for i, (lo, hi) in enumerate(keys):
+        final = keys[i + 1][0] if i + 1 < len(keys) else int(plan.padded_shape[0])
+        out.append(
+            Slab(
+                lo=lo,
+                final=min(final, hi) if i + 1 < len(keys) else hi,
+                hi=hi,
+                windows=groups[(lo, hi)],
+            )
+        )
+    return out

@@ -97,6 +97,9 @@ class Method:
     name: str = "method"
     source: tuple[str, ...] = ("none",)
     deterministic: bool = False
+    #: True when the network body runs once per call whatever ``n`` (the engine then sizes
+    #: batches by the output alone, so N hypotheses come from one body pass per tile)
+    shared_body: bool = False
 
     def __init__(
         self,
@@ -256,6 +259,7 @@ class SoftmaxMethod(Method):
     name = "softmax"
     source = ("none",)
     deterministic = True
+    shared_body = True
 
     def __init__(self, network: nn.Module, *, temperature: float = 1.0, **kw: Any) -> None:
         super().__init__(network, **kw)
@@ -381,6 +385,7 @@ class SSNMethod(Method):
 
     name = "ssn"
     source = ("latent",)
+    shared_body = True
 
     def __init__(self, network: SSNNet, **kw: Any) -> None:
         if not isinstance(network, SSNNet):
@@ -440,6 +445,7 @@ class ProbUNetMethod(Method):
 
     name = "prob_unet"
     source = ("latent",)
+    shared_body = True
 
     def __init__(self, network: ProbUNet, **kw: Any) -> None:
         if not isinstance(network, ProbUNet):
@@ -474,6 +480,7 @@ class LaplaceMethod(Method):
 
     name = "laplace"
     source = ("parameter",)
+    shared_body = True
 
     def __init__(
         self,
