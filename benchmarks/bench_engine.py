@@ -92,7 +92,7 @@ class DeterministicForward:
         self.inner.to(device)
         return self
 
-    def sample(self, x: Any, n: int, *, generator: Any) -> Any:
+    def sample(self, x: Any, n: int, *, generator: Any, first_index: int = 0) -> Any:
         import torch
 
         net = self.inner.network

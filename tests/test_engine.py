@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from napari_probseg import engine
-from napari_probseg.engine._predict import _batch_seed
 from napari_probseg.engine._tiling import plan_tiles
+from napari_probseg.models.methods import hypothesis_seed
 
 
 class TinyMethod:
@@ -48,9 +48,16 @@ class TinyMethod:
         self.conv2.to(self.device)
         return self
 
-    def sample(self, x, n, *, generator):
+    def sample(self, x, n, *, generator, first_index=0):
         self.calls.append((n, tuple(x.shape)))
-        keep = (torch.rand((n, self.hidden), generator=generator) > self.p).float() / (1 - self.p)
+        # per-hypothesis masks from (key, global index): batch-invariant, as the contract says
+        key = int(torch.randint(0, 2**62, (1,), generator=generator))
+        gens = [
+            torch.Generator().manual_seed(hypothesis_seed(key, i, 0))
+            for i in range(first_index, first_index + n)
+        ]
+        keep = torch.stack([torch.rand(self.hidden, generator=g) for g in gens])
+        keep = (keep > self.p).float() / (1 - self.p)
         h = torch.relu(self.conv1(x))
         h = h * keep.to(x.device).view(n, self.hidden, *([1] * self.spatial_dims))
         return torch.softmax(self.conv2(h), dim=1)
@@ -64,15 +71,15 @@ class SoftmaxMethod(TinyMethod):
     source = ("none",)
     deterministic = True
 
-    def sample(self, x, n, *, generator):
+    def sample(self, x, n, *, generator, first_index=0):
         h = torch.relu(self.conv1(x))
         return torch.softmax(self.conv2(h), dim=1).expand(n, -1, *x.shape[2:])
 
 
 class SlowMethod(TinyMethod):
-    def sample(self, x, n, *, generator):
+    def sample(self, x, n, *, generator, first_index=0):
         time.sleep(0.3)
-        return super().sample(x, n, generator=generator)
+        return super().sample(x, n, generator=generator, first_index=first_index)
 
 
 class OOMMethod(TinyMethod):
@@ -86,25 +93,21 @@ class OOMMethod(TinyMethod):
         self.device = torch.device(device)
         return self
 
-    def sample(self, x, n, *, generator):
+    def sample(self, x, n, *, generator, first_index=0):
         if n > self.limit or x.device.type != "cpu":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().sample(x, n, generator=generator)
+        return super().sample(x, n, generator=generator, first_index=first_index)
 
 
 def _image(shape=(40, 44), seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def _stacked(method, x, n, batch, seed):
-    """The probabilities the engine should draw, computed on the whole image in one go."""
-    out = []
-    for start in range(0, n, batch):
-        b = min(batch, n - start)
-        g = torch.Generator().manual_seed(_batch_seed(seed, start))
-        with torch.no_grad():
-            out.append(method.sample(torch.from_numpy(x)[None], b, generator=g).numpy())
-    return np.concatenate(out)
+def _stacked(method, x, n, seed):
+    """The probabilities the engine should draw, computed on the whole image in one batch."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return method.sample(torch.from_numpy(x)[None], n, generator=g, first_index=0).numpy()
 
 
 def _xlogx(p):
@@ -119,7 +122,7 @@ def test_accumulated_maps_equal_stacked_computation():
     res = engine.run_prediction(
         img, method, n_samples=7, seed=3, batch_size=3, normalization="none"
     )
-    probs = _stacked(method, img[None], 7, 3, 3).astype(np.float64)  # (N, K, *S)
+    probs = _stacked(method, img[None], 7, 3).astype(np.float64)  # (N, K, *S)
     mean = probs.mean(0)
     pe = -_xlogx(mean).sum(0)
     ee = (-_xlogx(probs).sum(1)).mean(0)
@@ -146,7 +149,7 @@ def test_tiled_equals_untiled_for_translation_equivariant_network(spatial_dims):
     patch = (16, 16) if spatial_dims == 2 else (8, 8, 8)
     tiled = engine.run_prediction(img, method, patch_size=patch, overlap=0.25, **kw)
     assert tiled.provenance["tiling"]["n_tiles"] > 4
-    assert tiled.provenance["tiling"]["blend"] == "gaussian"
+    assert tiled.provenance["tiling"]["blend"] == "edge-ramp"
     np.testing.assert_allclose(tiled.maps.mean_probs, whole.maps.mean_probs, atol=1e-5)
     np.testing.assert_allclose(
         tiled.maps.mutual_information, whole.maps.mutual_information, atol=1e-5
@@ -274,9 +277,9 @@ class SlowNetworkMethod(TinyMethod):
         super().__init__()
         self.network = torch.nn.Sequential(*[_SlowLayer(started) for _ in range(20)])
 
-    def sample(self, x, n, *, generator):
+    def sample(self, x, n, *, generator, first_index=0):
         self.network(x)
-        return super().sample(x, n, generator=generator)
+        return super().sample(x, n, generator=generator, first_index=first_index)
 
 
 def test_cancel_interrupts_a_long_forward_and_removes_hooks():

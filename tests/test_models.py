@@ -189,13 +189,15 @@ def test_ensemble_members_coherent_across_tiles():
     ens = MemberEnsemble([_pointwise(seed=s)[:-1].append(nn.Conv2d(16, 2, 1)) for s in range(3)])
     m = EnsembleMethod(ens.eval(), selection="random", **KW)
     _crop_check(m)
-    state = m.draw(6, torch.Generator().manual_seed(7))
+    state = m.hypotheses(6, torch.Generator().manual_seed(7))
     x = torch.randn(1, 1, 8, 8)
     p = m.sample(x, 6, generator=torch.Generator().manual_seed(7))
-    for i, member in enumerate(state["member"].tolist()):
+    for i, member in enumerate(m.members_of(state).tolist()):
         torch.testing.assert_close(p[i], torch.softmax(ens.members[member](x), 1)[0])
-    cyc = EnsembleMethod(ens, **KW).draw(7, torch.Generator())
-    assert cyc["member"].tolist() == [0, 1, 2, 0, 1, 2, 0]
+    cyc = EnsembleMethod(ens, **KW)
+    assert cyc.members_of(cyc.hypotheses(7, torch.Generator())).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    later = cyc.hypotheses(4, torch.Generator(), first_index=5)
+    assert cyc.members_of(later).tolist() == [2, 0, 1, 2]  # global index mod M
 
 
 def test_laplace_varies_only_last_layer_and_is_coherent():
@@ -214,7 +216,7 @@ def test_laplace_varies_only_last_layer_and_is_coherent():
     x = torch.randn(1, 1, 10, 10)
     p = m.sample(x, 5, generator=torch.Generator().manual_seed(0))
     assert len(feats) == 1 and feats[0].shape[0] == 1  # body ran once, on one row
-    state = m.draw(5, torch.Generator().manual_seed(0))
+    state = m.hypotheses(5, torch.Generator().manual_seed(0))
     for i in range(5):  # each sample is the MAP body + that sample's head weights
         logits = torch.einsum("kf,fhw->khw", state["weight"][i], feats[0][0])
         logits = logits + state["bias"][i][:, None, None]
@@ -234,8 +236,8 @@ def test_tta_transforms_drawn_first_same_on_every_tile():
     assert m.last_transforms == first
     assert len({(tuple(t["flip_axes"]), t["rot90_k"]) for t in first}) > 1
     # the inner dropout seeds come right after the transforms, whatever the tile size
-    s1 = m.draw(8, torch.Generator().manual_seed(3))
-    s2 = m.draw(8, torch.Generator().manual_seed(3))
+    s1 = m.hypotheses(8, torch.Generator().manual_seed(3))
+    s2 = m.hypotheses(8, torch.Generator().manual_seed(3))
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert "inner.seed" in s1
     _crop_check(TTAMethod(MCDropoutMethod(_pointwise(), **KW), noise_std=0.0, rot90=False))
@@ -331,6 +333,10 @@ def test_ssn_low_rank_eps_drawn_first():
     g = torch.Generator().manual_seed(11)
     eps = torch.randn(5, 3, generator=g)
     torch.testing.assert_close(m.draw(5, torch.Generator().manual_seed(11))["eps"], eps)
+    # hypothesis i's eps comes from its own generator: a slice of a larger draw
+    full = m.hypotheses(6, torch.Generator().manual_seed(11))["eps"]
+    part = m.hypotheses(3, torch.Generator().manual_seed(11), first_index=2)["eps"]
+    torch.testing.assert_close(full[2:5], part, atol=0, rtol=0)
 
 
 # -- probabilistic U-Net ----------------------------------------------------------------------
@@ -349,6 +355,7 @@ def test_prob_unet_runs_body_and_prior_once(tmp_path, dims):
     assert not torch.allclose(p[0], p[1])
     eps = m.draw(8, torch.Generator().manual_seed(0))["eps"]
     torch.testing.assert_close(eps, torch.randn(8, 2, generator=torch.Generator().manual_seed(0)))
+    assert m.hypotheses(8, torch.Generator().manual_seed(0))["eps"].shape == (8, 2)
 
 
 def test_multiclass_and_batched_generator_sequence(tmp_path):

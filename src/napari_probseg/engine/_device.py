@@ -58,14 +58,30 @@ def resolve_device(device: Any = "auto") -> Any:
     return dev
 
 
+#: Messages of out-of-memory errors that arrive as a plain ``RuntimeError``: MPS and CUDA
+#: ("out of memory"), torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory: you
+#: tried to allocate ...", "not enough memory") and ENOMEM from the OS.
+OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "not enough memory",
+    "defaultcpuallocator",
+    "failed to allocate",
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Return True if ``exc`` is a device out-of-memory error (CUDA, MPS or the CPU allocator)."""
+    """Return True if ``exc`` is an out-of-memory error: CUDA, MPS, torch's CPU allocator
+    (a ``RuntimeError`` saying "can't allocate memory"), or Python/numpy's ``MemoryError``."""
     import torch
 
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    # MPS and some allocators raise a plain RuntimeError with this text.
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 12:  # ENOMEM
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in OOM_MESSAGES)
 
 
 def release_cached_memory(device: Any) -> None:

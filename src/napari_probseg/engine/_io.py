@@ -94,6 +94,11 @@ def save_result(
     if map_dtype not in ("float32", "float16"):
         raise ValueError(f"map_dtype: expected 'float32' or 'float16', got {map_dtype!r}")
     path = Path(path)
+    streamed = result.provenance.get("output")
+    if streamed is not None and path.exists() and Path(streamed).resolve() == path.resolve():
+        # predict(..., output=path) already streamed the arrays here: only the attributes change
+        write_result_attrs(result, path, regions=regions)
+        return path
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"out: {path} exists (pass overwrite=True / --overwrite to replace it)"
@@ -124,21 +129,7 @@ def save_result(
         group.create_array(
             "volumes", data=np.asarray(maps.volumes, np.float64), dimension_names=("sample",)
         )
-        attrs = {
-            "napari_probseg": {"kind": "prediction", "format_version": FORMAT_VERSION},
-            "method": result.method,
-            "source": list(result.source),
-            "n_samples": result.n_samples,
-            "meanings": result.meanings,
-            "class_names": list(result.class_names),
-            "scale": list(result.scale),
-            "input_signature": result.input_signature,
-            "units": getattr(maps, "units", "nats"),
-            "foreground_classes": list(getattr(maps, "foreground_classes", ())),
-            "regions": to_jsonable(regions) if regions is not None else None,
-            "provenance": result.provenance,
-        }
-        group.attrs.update(json.loads(json.dumps(to_jsonable(attrs))))
+        group.attrs.update(_result_attrs(result, regions))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -146,6 +137,98 @@ def save_result(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _result_attrs(result: PredictionResult, regions: Any) -> dict:
+    maps = result.maps
+    attrs = {
+        "napari_probseg": {"kind": "prediction", "format_version": FORMAT_VERSION},
+        "method": result.method,
+        "source": list(result.source),
+        "n_samples": result.n_samples,
+        "meanings": result.meanings,
+        "class_names": list(result.class_names),
+        "scale": list(result.scale),
+        "input_signature": result.input_signature,
+        "units": getattr(maps, "units", "nats"),
+        "foreground_classes": list(getattr(maps, "foreground_classes", ())),
+        "regions": to_jsonable(regions) if regions is not None else None,
+        "provenance": result.provenance,
+    }
+    return json.loads(json.dumps(to_jsonable(attrs)))
+
+
+def write_result_attrs(result: PredictionResult, path: str | os.PathLike, *, regions=None) -> None:
+    """Write the group attributes of a result whose arrays were streamed to ``path``."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs.update(_result_attrs(result, regions))
+
+
+def open_stream_store(
+    path: str | os.PathLike,
+    *,
+    n_samples: int,
+    n_classes: int,
+    spatial: tuple[int, ...],
+    keep_samples: bool,
+    label_dtype: Any = np.uint8,
+) -> tuple[Path, dict]:
+    """Create the arrays of a prediction group in a temporary sibling of ``path``.
+
+    Returns the temporary folder and the zarr arrays to fill (``samples`` None unless kept); the
+    group becomes ``path`` in :func:`finish_stream_store`, so a crash leaves nothing at ``path``.
+    """
+    import zarr
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    group.attrs.update({"napari_probseg": {"kind": "prediction-partial"}})
+    n_spatial = len(spatial)
+    out: dict[str, Any] = {"samples": None}
+    if keep_samples:
+        shape = (int(n_samples), *spatial)
+        out["samples"] = group.create_array(
+            "samples",
+            shape=shape,
+            dtype=label_dtype,
+            chunks=_chunks(shape, 1),
+            dimension_names=("sample", *_dims(n_spatial)),
+            fill_value=0,
+        )
+    for name in _MAPS:
+        shape = (int(n_classes), *spatial) if name in ("mean_probs", "variance") else spatial
+        lead = len(shape) - n_spatial
+        out[name] = group.create_array(
+            name,
+            shape=shape,
+            dtype="float32",
+            chunks=_chunks(shape, lead),
+            dimension_names=(("class",) if lead else ()) + _dims(n_spatial),
+            fill_value=0.0,
+        )
+    return tmp, out
+
+
+def finish_stream_store(tmp: Path, path: str | os.PathLike, *, volumes: Any) -> tuple[dict, Path]:
+    """Write ``volumes``, move ``tmp`` to ``path`` and return its arrays (opened read-only)."""
+    import zarr
+
+    path = Path(path)
+    group = zarr.open_group(str(tmp), mode="r+")
+    group.create_array("volumes", data=np.asarray(volumes, np.float64), dimension_names=("sample",))
+    if path.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileExistsError(f"output: {path} appeared while predicting; nothing was replaced")
+    os.replace(tmp, path)
+    group = zarr.open_group(str(path), mode="r")
+    names = set(group.array_keys())
+    out = {name: group[name] for name in _MAPS}
+    out["samples"] = group["samples"] if "samples" in names else None
+    return out, path
 
 
 def load_result(path: str | os.PathLike) -> tuple[PredictionResult, Any]:

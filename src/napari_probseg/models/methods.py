@@ -1,14 +1,20 @@
 """Sampling methods: each wraps a network and draws probability samples ``(n, K, *S)``.
 
-Interface (docs/ARCHITECTURE.md, "Method interface"): ``method.sample(x, n, generator=g)`` with
-``x`` of shape ``(1, C, *S)``. ``sample`` is ``render(x, draw(n, g), g)``:
+Interface (docs/ARCHITECTURE.md, "Method interface"):
+``method.sample(x, n, generator=g, first_index=i0)`` with ``x`` of shape ``(1, C, *S)`` returns
+hypotheses ``i0 .. i0 + n - 1``. ``sample`` is ``render(x, hypotheses(n, g, first_index=i0), g)``:
 
-* ``draw(n, g)`` draws all *per-hypothesis* randomness first, in a fixed order and independent of
-  the image size (ensemble member, TTA transform, SSN low-rank ``eps``, prob. U-Net latent ``eps``,
-  Laplace head weights, MC-dropout per-hypothesis seeds). The engine re-seeds ``g`` identically for
-  every tile, so hypothesis ``i`` is the same on every tile.
-* ``render(x, state, g)`` runs the network; per-voxel noise (SSN diagonal, TTA noise, element-wise
-  dropout) is drawn from ``g`` only afterwards.
+* :meth:`Method.hypotheses` draws all *per-hypothesis* randomness first. One number is drawn
+  from ``g`` (the run's key); hypothesis ``i`` then gets its own generator seeded from
+  ``SeedSequence([key, i])`` and :meth:`Method.draw` is called with ``n = 1`` on it (ensemble
+  member, TTA transform, SSN low-rank ``eps``, prob. U-Net latent ``eps``, Laplace head weights,
+  MC-dropout seeds) plus a per-hypothesis ``noise_seed``. So hypothesis ``i`` depends only on
+  the seed of ``g`` and on ``i``: it is the same whatever the batch split, the memory budget or
+  the tile (the engine re-seeds ``g`` identically for every tile and batch and passes the global
+  index of the batch's first hypothesis as ``first_index``). The ensemble uses member
+  ``i mod M``.
+* ``render(x, state, g)`` runs the network; per-voxel noise (SSN diagonal, TTA noise) comes from
+  each hypothesis's ``noise_seed`` (not from the shared ``g``), so it is batch-invariant too.
 
 ``render`` also accepts ``x`` with one row per hypothesis ``(n, C, *S)``; that is how
 test-time augmentation composes over another method (``tta+mc_dropout`` ...).
@@ -20,6 +26,7 @@ import itertools
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,6 +57,26 @@ def _subset(state: State, idx: torch.Tensor) -> State:
     return {k: v[idx] for k, v in state.items()}
 
 
+def hypothesis_seed(key: int, index: int, stream: int) -> int:
+    """Seed of stream ``stream`` (0: per-hypothesis state, 1: per-voxel noise) of hypothesis
+    ``index`` of a run with key ``key``: independent of how hypotheses are batched."""
+    state = np.random.SeedSequence([int(key), int(index), int(stream)]).generate_state(
+        1, dtype=np.uint64
+    )
+    return int(state[0] >> np.uint64(1))
+
+
+def noise_generators(state: State) -> list[torch.Generator]:
+    """One CPU generator per hypothesis of ``state`` for its per-voxel noise."""
+    return [torch.Generator().manual_seed(int(s)) for s in state["noise_seed"]]
+
+
+def per_hypothesis_randn(state: State, shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal noise ``(n, *shape)``: row ``i`` from hypothesis ``i``'s noise seed."""
+    gens = noise_generators(state)
+    return torch.stack([torch.randn(shape, generator=g) for g in gens])
+
+
 class Method:
     """Base class of the sampling methods (see the module docstring).
 
@@ -70,6 +97,9 @@ class Method:
     name: str = "method"
     source: tuple[str, ...] = ("none",)
     deterministic: bool = False
+    #: True when the network body runs once per call whatever ``n`` (the engine then sizes
+    #: batches by the output alone, so N hypotheses come from one body pass per tile)
+    shared_body: bool = False
 
     def __init__(
         self,
@@ -120,9 +150,14 @@ class Method:
             raise ValueError(f"x: expected batch size {batch}, got shape {tuple(x.shape)}")
 
     def sample(
-        self, x: torch.Tensor, n: int, *, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        first_index: int = 0,
     ) -> torch.Tensor:
-        """Draw ``n`` probability samples.
+        """Draw hypotheses ``first_index .. first_index + n - 1``.
 
         Parameters
         ----------
@@ -131,7 +166,11 @@ class Method:
         n : int
             Number of hypotheses (softmax returns ``n`` identical copies).
         generator : torch.Generator, optional
-            CPU generator that supplies all randomness (a fresh default-seeded one when None).
+            CPU generator that supplies the run's key (a fresh default-seeded one when None).
+            Hypothesis ``i`` depends only on the generator's state and on ``i``.
+        first_index : int
+            Global index of the first hypothesis of this call (>= 0), so that a run split into
+            batches draws the same hypotheses as one big batch.
 
         Returns
         -------
@@ -139,16 +178,40 @@ class Method:
             Class probabilities, summing to 1 over axis 1, on the method's device.
         """
         n = check_positive_int(n, "n")
+        first_index = check_positive_int(first_index, "first_index", minimum=0)
         self.check_input(x)
         if generator is None:
             generator = torch.Generator()
         x = x.to(self.device, torch.float32)
         with torch.no_grad():
-            state = self.draw(n, generator)
+            state = self.hypotheses(n, generator, first_index=first_index)
             return self.render(x, state, generator)
 
+    def hypotheses(self, n: int, generator: torch.Generator, *, first_index: int = 0) -> State:
+        """Per-hypothesis state of hypotheses ``first_index .. first_index + n - 1``.
+
+        Draws one key from ``generator``; hypothesis ``i`` calls :meth:`draw` with ``n = 1`` on
+        its own generator seeded from ``(key, i)``. Adds ``index`` (the global indices) and
+        ``noise_seed`` (per-voxel noise seeds). Independent of how hypotheses are batched.
+        """
+        key = int(torch.randint(0, 2**62, (1,), generator=generator))
+        indices = range(int(first_index), int(first_index) + int(n))
+        rows = [
+            self.draw(1, torch.Generator().manual_seed(hypothesis_seed(key, i, 0))) for i in indices
+        ]
+        state = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+        state["index"] = torch.tensor(list(indices), dtype=torch.int64)
+        state["noise_seed"] = torch.tensor(
+            [hypothesis_seed(key, i, 1) for i in indices], dtype=torch.int64
+        )
+        return state
+
     def draw(self, n: int, generator: torch.Generator) -> State:
-        """Per-hypothesis randomness: a dict of CPU tensors with leading dimension ``n``."""
+        """Per-hypothesis randomness: a dict of CPU tensors with leading dimension ``n``.
+
+        Called by :meth:`hypotheses` with ``n = 1`` and a generator of that hypothesis alone;
+        ``index`` is replaced by the global index there.
+        """
         return {"index": torch.arange(n)}
 
     def render(self, x: torch.Tensor, state: State, generator: torch.Generator) -> torch.Tensor:
@@ -196,6 +259,7 @@ class SoftmaxMethod(Method):
     name = "softmax"
     source = ("none",)
     deterministic = True
+    shared_body = True
 
     def __init__(self, network: nn.Module, *, temperature: float = 1.0, **kw: Any) -> None:
         super().__init__(network, **kw)
@@ -261,8 +325,9 @@ class MCDropoutMethod(Method):
 class EnsembleMethod(Method):
     """Deep ensemble (Lakshminarayanan et al. 2017) of M independently trained members.
 
-    Sample ``i`` uses member ``i mod M`` (``selection="cycle"``, no randomness) or a member drawn
-    from the generator (``"random"``). Each member needed runs once on the image and its output is
+    Sample ``i`` (the global hypothesis index, whatever the batch split) uses member ``i mod M``
+    (``selection="cycle"``, no randomness: for N a multiple of M every member is used N / M
+    times) or a member drawn from hypothesis ``i``'s generator (``"random"``). Each member needed runs once on the image and its output is
     shared by all its samples, so ``n`` samples cost ``min(n, M)`` passes.
     """
 
@@ -280,13 +345,18 @@ class EnsembleMethod(Method):
 
     def draw(self, n: int, generator: torch.Generator) -> State:
         if self.selection == "cycle":
-            member = torch.arange(n) % self.n_members
-        else:
-            member = torch.randint(0, self.n_members, (n,), generator=generator)
+            return {"index": torch.arange(n)}  # member = global index mod M, set in render
+        member = torch.randint(0, self.n_members, (n,), generator=generator)
         return {"index": torch.arange(n), "member": member}
 
+    def members_of(self, state: State) -> torch.Tensor:
+        """Member used by each hypothesis: global index mod M (cycle) or the drawn member."""
+        if self.selection == "cycle" or "member" not in state:
+            return state["index"] % self.n_members
+        return state["member"]
+
     def render(self, x: torch.Tensor, state: State, generator: torch.Generator) -> torch.Tensor:
-        member = state["member"]
+        member = self.members_of(state)
         n = len(member)
         out: torch.Tensor | None = None
         for m in torch.unique(member).tolist():
@@ -315,6 +385,7 @@ class SSNMethod(Method):
 
     name = "ssn"
     source = ("latent",)
+    shared_body = True
 
     def __init__(self, network: SSNNet, **kw: Any) -> None:
         if not isinstance(network, SSNNet):
@@ -328,10 +399,9 @@ class SSNMethod(Method):
 
     def render(self, x: torch.Tensor, state: State, generator: torch.Generator) -> torch.Tensor:
         eps = self._to_dev(state["eps"])
-        n = len(eps)
         mu, factor, diag = self.network(x)
         factor, diag = self._check_covariance(factor, diag)
-        noise = torch.randn((n, *mu.shape[1:]), generator=generator)
+        noise = per_hypothesis_randn(state, tuple(mu.shape[1:]))
         if mu.shape[0] == 1:
             low = torch.einsum("nr,kr...->nk...", eps, factor[0])
         else:
@@ -375,6 +445,7 @@ class ProbUNetMethod(Method):
 
     name = "prob_unet"
     source = ("latent",)
+    shared_body = True
 
     def __init__(self, network: ProbUNet, **kw: Any) -> None:
         if not isinstance(network, ProbUNet):
@@ -411,6 +482,7 @@ class LaplaceMethod(Method):
 
     name = "laplace"
     source = ("parameter",)
+    shared_body = True
 
     def __init__(
         self,
@@ -536,6 +608,7 @@ class TTAMethod(Method):
         a = self.intensity_scale
         scale = 1 - a + 2 * a * torch.rand((n,), generator=generator)
         inner = self.inner.draw(n, generator)
+        inner.pop("index", None)  # the inner method sees the global index of the hypothesis
         state = {"index": torch.arange(n), "flips": flips, "rot": rots, "scale": scale}
         state.update({f"inner.{k}": v for k, v in inner.items()})
         return state
@@ -555,6 +628,8 @@ class TTAMethod(Method):
     def render(self, x: torch.Tensor, state: State, generator: torch.Generator) -> torch.Tensor:
         n = len(state["index"])
         inner_state = {k[6:]: v for k, v in state.items() if k.startswith("inner.")}
+        inner_state["index"] = state["index"]
+        inner_state["noise_seed"] = state["noise_seed"] ^ 0x5DEECE66D  # own noise stream
         keys = [(tuple(f.tolist()), int(r)) for f, r in zip(state["flips"], state["rot"])]
         out: torch.Tensor | None = None
         for key in sorted(set(keys)):
@@ -565,7 +640,7 @@ class TTAMethod(Method):
             s = self._to_dev(state["scale"][rows]).reshape(-1, *([1] * (xb.ndim - 1)))
             xb = xb * s.to(xb.dtype)
             if self.noise_std > 0:
-                noise = torch.randn(tuple(xb.shape), generator=generator)
+                noise = per_hypothesis_randn(_subset(state, rows), tuple(xb.shape[1:]))
                 xb = xb + self.noise_std * self._to_dev(noise).to(xb.dtype)
             probs = self._inverse_t(
                 self.inner.render(xb, _subset(inner_state, rows), generator), *key

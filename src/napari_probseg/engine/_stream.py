@@ -1,0 +1,278 @@
+"""Streaming prediction of big volumes: slabs of tiles, lazy inputs, memory estimates.
+
+The whole-image path of :func:`napari_probseg.engine.predict` blends each sample batch into one
+``(b, K, *image)`` buffer and keeps ``(2K + 1)`` float64 sums per voxel for the whole image (about
+24x the input of a CT volume). The slab path here walks the tile plan one *slab* at a time (the
+tiles that share their start along the first spatial axis, or one plane in slice-by-slice mode):
+for every sample batch it blends the slab's tiles into a ``(b, K, P0, *rest)`` buffer, finalises
+the rows no later tile touches (all N samples: an accumulator of the slab alone, maps and uint8
+labels written into the output arrays, on disk when an output store is given) and carries the
+blended overlap rows to the next slab. Hypothesis ``i`` is the same in every slab and batch
+(``Method.sample(..., first_index=i)``), so the result equals the whole-image path's up to float
+rounding. Inputs that are zarr or dask arrays are read slab by slab, never whole.
+
+Memory of the slab path: the slab's input, ``b*K*P0*R`` float32 blend buffer, ``N*K*O*R`` float32
+carry (O = overlap rows), ``(2K+1)*F*R`` float64 sums (F = final rows of a slab) and the network's
+activations, where ``R`` is the size of a plane; the outputs live in the output store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Bytes torch and the rest of the process hold before any array (measured: ~350 MB RSS after
+#: ``import torch`` and a model load on Linux/CPU).
+PROCESS_BASELINE_BYTES = 400e6
+
+
+def is_lazy_array(image: Any) -> bool:
+    """True for zarr and dask arrays (read in slabs, never loaded whole)."""
+    top = type(image).__module__.split(".")[0]
+    return top in ("zarr", "dask") and hasattr(image, "shape") and hasattr(image, "dtype")
+
+
+class LazyImage:
+    """A channel-first view ``(C, *spatial)`` of a zarr/dask array, read block by block.
+
+    Parameters
+    ----------
+    source : zarr or dask array
+        The image, ``(*spatial)`` (``add_channel``) or ``(C, *spatial)``.
+    add_channel : bool
+        Prepend a channel axis of length 1.
+    """
+
+    def __init__(self, source: Any, *, add_channel: bool) -> None:
+        self.source = source
+        self.add_channel = bool(add_channel)
+        shape = tuple(int(s) for s in source.shape)
+        self.shape = (1, *shape) if add_channel else shape
+        self.dtype = np.dtype(source.dtype)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape))
+
+    def read_slab(self, start: int, stop: int) -> np.ndarray:
+        """``(C, stop - start, *rest)``: rows of the first spatial axis, as a numpy array."""
+        block = self.source[start:stop] if self.add_channel else self.source[:, start:stop]
+        if hasattr(block, "compute"):  # dask
+            block = block.compute()
+        block = np.asarray(block)
+        return block[None] if self.add_channel else block
+
+
+def read_rows(arr: Any, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of the first spatial axis of a ``(C, *spatial)`` array or LazyImage."""
+    if isinstance(arr, LazyImage):
+        return arr.read_slab(start, stop)
+    return np.asarray(arr[:, start:stop])
+
+
+def iter_slabs(arr: Any, rows: int = 16):
+    """Yield ``(start, stop, block)`` over the first spatial axis of ``arr`` (C, *spatial)."""
+    n = int(arr.shape[1])
+    for a in range(0, n, rows):
+        yield a, min(n, a + rows), read_rows(arr, a, min(n, a + rows))
+
+
+def frozen_normalization(arr: Any, norm: dict) -> dict | None:
+    """Return a pointwise normalization equal to ``norm`` on this image, or None.
+
+    Image statistics (z-score without ``mean``/``std``, percentiles, min/max) are computed once,
+    slab by slab (percentiles from up to 2**22 evenly strided voxels per channel on images
+    larger than that), and written into an explicit ``zscore``/``window`` specification that
+    :func:`napari_probseg.engine.normalize` applies to any block with the same result.
+    None when ``norm`` has a kind not known here (the caller then normalises the whole image).
+    """
+    kind = norm.get("kind", "none")
+    c = int(arr.shape[0])
+    if kind == "none" or kind == "window":
+        return dict(norm)
+    if kind == "zscore" and norm.get("mean") is not None and norm.get("std") is not None:
+        return dict(norm)
+    if kind not in ("zscore", "minmax", "percentile"):
+        return None
+    if kind == "percentile":
+        lo_q = float(norm.get("low", norm.get("lower", 1.0)))
+        hi_q = float(norm.get("high", norm.get("upper", 99.0)))
+        sample = _strided_sample(arr, 1 << 22)
+        lo = [float(np.percentile(sample[i], lo_q)) for i in range(c)]
+        hi = [float(np.percentile(sample[i], hi_q)) for i in range(c)]
+        if norm.get("clip", False):
+            return {"kind": "window", "window": [lo[0], hi[0]]} if c == 1 else None
+        return {"kind": "zscore", "mean": lo, "std": [max(h - lo_, 1e-8) for lo_, h in zip(lo, hi)]}
+    total = np.zeros(c)
+    total2 = np.zeros(c)
+    mins = np.full(c, np.inf)
+    maxs = np.full(c, -np.inf)
+    count = 0
+    for _a, _b, block in iter_slabs(arr):
+        x = block.reshape(c, -1).astype(np.float64)
+        total += x.sum(1)
+        total2 += np.square(x).sum(1)
+        mins = np.minimum(mins, x.min(1))
+        maxs = np.maximum(maxs, x.max(1))
+        count += x.shape[1]
+    if kind == "minmax":
+        return {
+            "kind": "zscore",
+            "mean": mins.tolist(),
+            "std": [max(float(h - lo), 1e-8) for lo, h in zip(mins, maxs)],
+        }
+    mean = total / count
+    std = np.sqrt(np.maximum(total2 / count - mean**2, 0.0))
+    mean_spec = norm.get("mean") if norm.get("mean") is not None else mean.tolist()
+    std_spec = norm.get("std") if norm.get("std") is not None else std.tolist()
+    return {"kind": "zscore", "mean": mean_spec, "std": std_spec}
+
+
+def _strided_sample(arr: Any, max_voxels: int) -> np.ndarray:
+    """Per channel, up to ``max_voxels`` voxels taken at an even stride: ``(C, m)``."""
+    c = int(arr.shape[0])
+    per_channel = int(np.prod(arr.shape[1:]))
+    if per_channel <= max_voxels:
+        parts = [b.reshape(c, -1) for _a, _b, b in iter_slabs(arr)]
+        return np.concatenate(parts, axis=1)
+    step = max(1, int(np.ceil(per_channel / max_voxels)))
+    parts = []
+    offset = 0
+    for _a, _b, block in iter_slabs(arr):
+        flat = block.reshape(c, -1)
+        first = (-offset) % step
+        parts.append(flat[:, first::step])
+        offset += flat.shape[1]
+    return np.concatenate(parts, axis=1)
+
+
+def signature_of(arr: Any) -> str:
+    """:func:`image_signature` of a lazy image, hashed slab by slab (the same digest)."""
+    import hashlib
+
+    source = arr.source if isinstance(arr, LazyImage) else arr
+    digest = hashlib.sha256()
+    shape = tuple(int(s) for s in source.shape)
+    dtype = np.dtype(source.dtype)
+    digest.update(str(shape).encode())
+    digest.update(dtype.str.encode())
+    n0 = shape[0]
+    for a in range(0, n0, 16):
+        block = source[a : min(n0, a + 16)]
+        if hasattr(block, "compute"):
+            block = block.compute()
+        block = np.ascontiguousarray(np.asarray(block))
+        digest.update(memoryview(block.reshape(-1).view(np.uint8)))
+    text = "x".join(str(s) for s in shape)
+    return f"{text}|{dtype.name}|sha256:{digest.hexdigest()}"
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+def available_memory() -> float:
+    """Bytes this process may still allocate: the smallest of free RAM (``MemAvailable``), the
+    cgroup limit minus its usage, and the address-space limit (``ulimit -v``) minus the
+    process's virtual size."""
+    import resource
+
+    candidates = []
+    try:
+        import psutil
+
+        candidates.append(float(psutil.virtual_memory().available))
+        vms = float(psutil.Process().memory_info().vms)
+    except Exception:  # psutil missing or /proc unreadable
+        vms = 0.0
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            with open(limit_file) as f:
+                text = f.read().strip()
+            if text != "max" and int(text) < 1 << 60:
+                with open(usage_file) as f:
+                    used = int(f.read().strip())
+                candidates.append(float(int(text) - used))
+            break
+        except (OSError, ValueError):
+            continue
+    for which in (resource.RLIMIT_AS, getattr(resource, "RLIMIT_DATA", None)):
+        if which is None:
+            continue
+        soft, _hard = resource.getrlimit(which)
+        if soft != resource.RLIM_INFINITY and vms > 0:
+            candidates.append(float(soft) - vms)
+    env = os.environ.get("PROBSEG_MEMORY_LIMIT")  # for tests and shared machines
+    if env:
+        candidates.append(float(env))
+    return max(0.0, min(candidates)) if candidates else float("inf")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a prediction needs, by part (see :func:`estimate_memory`)."""
+
+    parts: dict
+    mode: str
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.parts.values()))
+
+    def describe(self) -> str:
+        gib = 2.0**30
+        items = ", ".join(f"{k} {v / gib:.2f}" for k, v in self.parts.items() if v > 0.005 * gib)
+        return f"~{self.total / gib:.2f} GiB ({items} GiB)"
+
+
+def estimate_memory(
+    *,
+    mode: str,
+    n_classes: int,
+    n_samples: int,
+    batch: int,
+    image_shape: tuple[int, ...],
+    padded_shape: tuple[int, ...],
+    tile_voxels: int,
+    input_bytes: float,
+    input_in_memory: bool,
+    slab_rows: int,
+    final_rows: int,
+    carry_rows: int,
+    keep_samples: bool,
+    outputs_in_memory: bool,
+    activation_bytes: float,
+) -> MemoryEstimate:
+    """Estimate the peak memory of a prediction before running it.
+
+    ``mode`` is ``"whole"`` (whole-image buffers) or ``"slab"`` (:mod:`engine._stream`);
+    ``activation_bytes`` is the network's working memory for one batch on one tile.
+    """
+    k, n, b = int(n_classes), int(n_samples), int(batch)
+    v = float(np.prod(image_shape))
+    plane = float(np.prod(padded_shape[1:])) if len(padded_shape) > 1 else 1.0
+    parts: dict[str, float] = {"process": PROCESS_BASELINE_BYTES}
+    parts["input"] = input_bytes if input_in_memory else 0.0
+    if mode == "whole":
+        vp = float(np.prod(padded_shape))
+        parts["normalized input"] = vp * 4 * 2  # float64 pass inside normalize, float32 result
+        parts["blend buffer"] = b * k * vp * 4
+        parts["accumulator"] = (2 * k + 1) * v * 8
+    else:
+        slab = slab_rows * plane
+        parts["normalized input"] = slab * 4 * 2
+        parts["blend buffer"] = b * k * slab * 4 * 2  # the buffer and one cropped copy
+        parts["carry"] = n * k * carry_rows * plane * 4
+        parts["accumulator"] = (2 * k + 1) * final_rows * plane * 8 + (
+            2 * k + 3
+        ) * final_rows * plane * 4
+    parts["network"] = float(activation_bytes) + b * k * tile_voxels * 4
+    parts["samples"] = n * v if keep_samples and outputs_in_memory else 0.0
+    parts["maps"] = (2 * k + 3) * v * 4 if outputs_in_memory else 0.0
+    return MemoryEstimate(parts=parts, mode=mode)

@@ -1,0 +1,140 @@
+"""Big volumes: slab-by-slab streaming, output stores, lazy zarr/dask inputs, memory estimates,
+CPU out-of-memory recognition (issue 13, item 6 and "Memory and scale of big volumes")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_probseg import engine
+from napari_probseg.engine._device import is_out_of_memory
+from test_engine import TinyMethod, _image
+
+KW = dict(n_samples=5, seed=2, normalization="none", device="cpu")
+
+
+def _same(a, b, atol=1e-5):
+    np.testing.assert_array_equal(np.asarray(a.samples), np.asarray(b.samples))
+    for name in ("mean_probs", "variance", "predictive_entropy", "mutual_information"):
+        np.testing.assert_allclose(
+            np.asarray(getattr(a.maps, name)), np.asarray(getattr(b.maps, name)), atol=atol
+        )
+    np.testing.assert_allclose(a.maps.volumes, b.maps.volumes, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dims", "patch", "extra"),
+    [
+        ((41, 37), 2, (16, 16), {}),
+        ((19, 23, 21), 3, (8, 8, 8), {}),
+        ((5, 20, 24), 2, (16, 16), {"slice_by_slice": True}),
+        ((20, 24), 2, None, {}),
+    ],
+)
+def test_slab_streaming_equals_the_whole_image_path(shape, dims, patch, extra):
+    method = TinyMethod(spatial_dims=dims, kernel=3)
+    img = _image(shape)
+    kw = dict(KW, patch_size=patch, batch_size=2, **extra)
+    whole = engine.run_prediction(img, method, streaming=False, **kw)
+    slab = engine.run_prediction(img, method, streaming=True, **kw)
+    assert whole.provenance["memory"]["mode"] == "whole"
+    assert slab.provenance["memory"]["mode"] == "slab"
+    _same(slab, whole)
+
+
+def test_output_store_is_filled_slab_by_slab_and_reads_back(tmp_path):
+    method, img = TinyMethod(), _image((41, 37))
+    ref = engine.run_prediction(img, method, patch_size=(16, 16), **KW)
+    out = tmp_path / "pred.zarr"
+    res = engine.run_prediction(img, method, patch_size=(16, 16), output=out, **KW)
+    assert isinstance(res.samples, zarr.Array) and isinstance(res.maps.mean_probs, zarr.Array)
+    assert res.provenance["output"] == str(out) and res.samples.dtype == np.uint8
+    _same(res, ref)
+    loaded, _regions = engine.load_result(out)
+    _same(loaded, ref)
+    # saving the streamed result to its own store only writes the attributes
+    engine.save_result(res, out, regions=[{"label": 1}])
+    assert engine.load_result(out)[1] == [{"label": 1}]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    with pytest.raises(ValueError, match=r"^output"):
+        engine.predict(img, method, output=out)
+
+
+class _CountingSource:
+    """An on-disk zarr array behind a dask array, recording how many rows each read takes."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+        self.rows_read: list[int] = []
+
+    def __getitem__(self, index):
+        block = self.array[index]
+        self.rows_read.append(int(block.shape[0]))
+        return block
+
+
+def test_zarr_and_dask_inputs_are_read_in_slabs_never_whole(tmp_path):
+    import dask.array as da
+
+    img = _image((48, 40))
+    z = zarr.create_array(
+        str(tmp_path / "img.zarr"), shape=img.shape, dtype=img.dtype, chunks=(8, 40)
+    )
+    z[...] = img
+    method = TinyMethod()
+    kw = dict(KW, patch_size=(16, 16), normalization={"kind": "zscore"})
+    ref = engine.run_prediction(img, method, **kw)
+    from_zarr = engine.run_prediction(z, method, **kw)
+    assert from_zarr.provenance["memory"]["mode"] == "slab"
+    assert from_zarr.input_signature == ref.input_signature  # the same digest, hashed by slabs
+    _same(from_zarr, ref, atol=1e-4)
+    source = _CountingSource(z)
+    lazy = da.from_array(source, chunks=(8, 40), asarray=True)
+    from_dask = engine.run_prediction(lazy, method, **kw)
+    _same(from_dask, ref, atol=1e-4)
+    assert source.rows_read and max(source.rows_read) <= 16 < img.shape[0]
+
+
+def test_memory_estimate_refuses_before_computing(monkeypatch):
+    method, img = TinyMethod(), _image((64, 64))
+    monkeypatch.setenv("PROBSEG_MEMORY_LIMIT", str(50e6))  # below the process baseline
+    with pytest.raises(MemoryError, match=r"^image: .* needs ~.* GiB .* available"):
+        engine.run_prediction(img, method, patch_size=(16, 16), **KW)
+    assert method.calls == []  # refused before any forward pass
+
+
+def test_memory_estimate_switches_to_slabs_when_the_whole_image_does_not_fit(monkeypatch):
+    method, img = TinyMethod(), _image((256, 256))
+    kw = dict(KW, patch_size=(32, 32), batch_size=1)
+    whole = engine.run_prediction(img, method, streaming=False, **kw)
+    slab = engine.run_prediction(img, method, streaming=True, **kw)
+    need_whole = whole.provenance["memory"]["estimate_bytes"]
+    need_slab = slab.provenance["memory"]["estimate_bytes"]
+    assert need_slab < need_whole
+    monkeypatch.setenv("PROBSEG_MEMORY_LIMIT", str((need_whole + need_slab) / 2))
+    with pytest.warns(RuntimeWarning, match="streaming slab by slab"):
+        auto = engine.run_prediction(img, method, **kw)
+    assert auto.provenance["memory"]["mode"] == "slab"
+    _same(auto, whole)
+
+
+def test_cpu_out_of_memory_is_recognised_and_halves_the_batch():
+    msg = "[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: you tried to allocate 3221225472 bytes"
+    assert is_out_of_memory(RuntimeError(msg))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+    class CPUOOM(TinyMethod):
+        def sample(self, x, n, *, generator, first_index=0):
+            if n > 2:
+                raise RuntimeError(msg)
+            return super().sample(x, n, generator=generator, first_index=first_index)
+
+    method = CPUOOM()
+    for streaming in (False, True):
+        with pytest.warns(RuntimeWarning, match="out of memory"):
+            res = engine.run_prediction(
+                _image((20, 20)), method, n_samples=8, batch_size=8, streaming=streaming
+            )
+        assert res.provenance["batch_size_final"] == 2 and res.n_samples == 8
