@@ -284,7 +284,7 @@ def test_card_fields_are_named(tmp_path, change, field):
 def test_damaged_store_metadata_is_named(tmp_path):
     store = ProjectStore.create(tmp_path / "p.zarr")
     (store.path / "zarr.json").write_bytes(b"\x80\x04pickle?")
-    with pytest.raises(StoreError, match="zarr.json: invalid JSON"):
+    with pytest.raises(StoreError, match=r"zarr\.json: invalid JSON"):
         ProjectStore.open(store.path)
     with pytest.raises(ModelCardError, match="cannot parse"):
         load_card(store.path / "zarr.json")

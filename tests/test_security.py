@@ -307,3 +307,35 @@ def test_overwrite_replaces_our_own_output(tmp_path):
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "zarr.json").read_text())
     assert meta["attributes"]["method"] == "softmax" and not (out / "stale").exists()
+
+
+def test_names_read_from_the_store_never_become_paths(tmp_path, outside):
+    """Draft, run-array and label-array names stored in zarr.json files are checked, not joined."""
+    from napari_probseg.store import StoreCorruptionError
+
+    store = _store(tmp_path)
+    store.save_prediction("img", {"samples": np.ones((1, 8, 8), np.uint8)}, {}, run_id="run1")
+    before = snapshot(outside)
+    hostile = os.path.relpath(outside, store.path / "images/img/drafts/alice")
+    for meta_path, edit in (
+        ("images/img/drafts/alice/zarr.json", lambda a: a.update(current=hostile)),
+        ("images/img/predictions/run1/zarr.json", lambda a: a.update(arrays={hostile: {}})),
+        ("images/img/labels/alice/zarr.json", lambda a: a.update(array=hostile)),
+    ):
+        meta = json.loads((store.path / meta_path).read_text())
+        edit(meta["attributes"]["probseg"])
+        (store.path / meta_path).write_text(json.dumps(meta))
+    with pytest.raises(StoreCorruptionError, match="invalid draft name"):
+        store.load_draft("img", "alice")
+    with pytest.raises(StoreCorruptionError, match="invalid array name"):
+        store.read_prediction("img", "run1")
+    problems = {p.path: p.message for p in store.verify()}
+    assert any("invalid draft name" in m for m in problems.values())
+    assert any("array" in m and "not a valid identifier" in m for m in problems.values())
+    store.save_draft("img", "alice", np.ones((8, 8), np.uint8))  # replaces the bad pointer
+    store.verify(repair=True)  # republishes the label image from the committed version
+    remaining = store.verify()  # the run's metadata stays damaged (committed data is not edited)
+    assert [p.path for p in remaining] == [
+        str(store.path / "images/img/predictions/run1/zarr.json")
+    ]
+    assert snapshot(outside) == before

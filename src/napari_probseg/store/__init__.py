@@ -14,7 +14,8 @@ else (history, drafts, predictions) lives in zarr groups beside it. Layout (sche
       images/<image_id>/0/               the image array (dimension_names z, y, x)
       images/<image_id>/labels/zarr.json ome.labels = [raters with a committed annotation]
       images/<image_id>/labels/<rater>/  OME label image (image-label, source ../../) mirroring the
-                                         rater's latest version -- DERIVED state, rebuilt on demand
+                                         rater's latest version (array vNNNNNN named by its
+                                         multiscales) -- DERIVED state, rebuilt on demand
       images/<image_id>/annotations/<rater>/zarr.json
                                          attributes.probseg.versions = [AnnotationVersion, ...]
                                          -- the commit point, replaced atomically
@@ -34,8 +35,9 @@ Safety:
 
 - A save writes the new version completely in ``.probseg/tmp`` (same file system), renames it
   into ``annotations/<rater>/vNNNNNN``, then commits by atomically replacing the rater's
-  ``zarr.json`` (``os.replace`` + fsync). Only then is the derived ``labels/<rater>`` updated
-  (changed chunks only; its recorded version is written last). A process killed at any point
+  ``zarr.json`` (``os.replace`` + fsync). Only then is the derived ``labels/<rater>`` published:
+  a complete new array beside the current one, made current by replacing the label group's
+  ``zarr.json`` atomically (NGFF readers never see a mix). A process killed at any point
   leaves every committed version intact; a stale or half-updated label image is detected by its
   recorded version and rebuilt when the store is opened read-write (or by ``verify(repair=True)``).
 - Commits on one image are serialised by ``fcntl.flock`` on ``.probseg/locks/<image_id>.lock``.

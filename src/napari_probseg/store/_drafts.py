@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 
 from napari_probseg.store._arrays import SPATIAL_AXES, read_array, write_array
+from napari_probseg.store._errors import StoreCorruptionError
 from napari_probseg.store._fs import (
     atomic_write_json,
     group_json,
@@ -22,6 +24,8 @@ from napari_probseg.store._meta import (
     validate_identifier,
     zarr_children,
 )
+
+_DRAFT_NAME = re.compile(r"d\d{6}")
 
 
 class DraftsMixin:
@@ -42,7 +46,13 @@ class DraftsMixin:
             attrs = read_attrs(directory, "draft")
         except FileNotFoundError:
             return None
-        return attrs if attrs.get("current") else None
+        current = attrs.get("current")
+        if not current:
+            return None
+        # the name comes from the store: it must be one we write, never a path
+        if not isinstance(current, str) or not _DRAFT_NAME.fullmatch(current):
+            raise StoreCorruptionError(directory / "zarr.json", f"invalid draft name {current!r}")
+        return attrs
 
     def save_draft(
         self,
@@ -76,7 +86,10 @@ class DraftsMixin:
         with self._writing(image_id) as stage:
             from napari_probseg.store._project import label_dtype
 
-            pointer = self._draft_pointer(image_id, rater)
+            try:
+                pointer = self._draft_pointer(image_id, rater)
+            except StoreCorruptionError:  # a damaged draft never blocks the next autosave
+                pointer = None
             versions = self._load_versions(image_id, rater)
             arr = arr.astype(label_dtype(arr, versions[-1].dtype if versions else None), copy=False)
             directory = self._draft_dir(image_id, rater)

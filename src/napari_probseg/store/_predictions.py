@@ -10,6 +10,7 @@ import numpy as np
 
 from napari_probseg.core._validation import to_numpy
 from napari_probseg.store._arrays import read_array, write_array
+from napari_probseg.store._errors import StoreCorruptionError
 from napari_probseg.store._fs import (
     atomic_write_json,
     fsync_dir,
@@ -145,6 +146,13 @@ class PredictionsMixin:
             self.image_info(image_id)
             raise ValueError(f"run_id: no run {run_id!r} for image {image_id!r}") from None
         records = attrs["arrays"]
+        for name in records:  # names come from the store: never a path
+            try:
+                validate_identifier(name, "array")
+            except ValueError:
+                raise StoreCorruptionError(
+                    directory / "zarr.json", f"invalid array name {name!r}"
+                ) from None
         wanted = list(records) if names is None else list(names)
         for name in wanted:
             if name not in records:

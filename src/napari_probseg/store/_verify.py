@@ -224,7 +224,7 @@ class VerifyMixin:
         for rater in self.draft_raters(image_id):
             directory = self._draft_dir(image_id, rater)
             try:
-                pointer = read_attrs(directory, "draft")
+                pointer = self._draft_pointer(image_id, rater) or read_attrs(directory, "draft")
                 info = pointer["info"]
                 out += check_array(
                     directory / pointer["current"],
@@ -250,6 +250,7 @@ class VerifyMixin:
             try:
                 attrs = read_attrs(entry, "prediction")
                 for name, rec in attrs["arrays"].items():
+                    validate_identifier(name, "array")  # a name from the store, never a path
                     out += check_array(
                         entry / name,
                         shape=tuple(rec["shape"]),
@@ -261,6 +262,6 @@ class VerifyMixin:
                 out.append(Problem("error", exc.path, exc.reason))
             except FileNotFoundError:
                 out.append(Problem("warning", str(entry), "run directory without metadata"))
-            except (KeyError, TypeError, AttributeError) as exc:
-                out.append(Problem("error", str(entry / "zarr.json"), f"malformed run ({exc!r})"))
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                out.append(Problem("error", str(entry / "zarr.json"), f"malformed run ({exc})"))
         return out
