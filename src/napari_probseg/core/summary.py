@@ -346,6 +346,7 @@ def verdict(
 
 def _structure(samples: np.ndarray, cluster_iou: float) -> list[dict[str, Any]]:
     from napari_probseg.core.structure import (
+        cluster_entropy,
         distinct_hypotheses,
         factorized_entropy,
         pairwise_dice,
@@ -364,8 +365,7 @@ def _structure(samples: np.ndarray, cluster_iou: float) -> list[dict[str, Any]]:
             "and says nothing beyond N (read the cluster entropy)"
         )
     groups = distinct_hypotheses(samples, max_distance=1.0 - cluster_iou, max_hypotheses=n)
-    shares = np.array([g.share for g in groups], np.float64)
-    cluster = float(max(-(shares * np.log2(shares)).sum(), 0.0)) + 0.0  # never -0.0
+    cluster = cluster_entropy(samples, min_iou=cluster_iou)
     return [
         {
             "measure": "pairwise_dice",
