@@ -274,3 +274,13 @@ def test_cluster_entropy_known_answers():
     assert cluster_entropy(np.repeat(masks, 2, axis=0), base=None) == pytest.approx(math.log(4))
     with pytest.raises(ValueError, match=r"^min_iou"):
         cluster_entropy(masks, min_iou=0.0)
+
+
+def test_verdict_with_half_a_reference():
+    ref = _reference()
+    del ref["methods"]["mc_dropout"]["expected_entropy/mean"]
+    v = verdict(_summary(mi=0.05, ee=0.1), reference=ref, domain=None)
+    assert v["kind"] == "unfamiliar" and "None" not in v["sentence"]
+    assert "48 in-domain images" in v["sentence"] and v["aleatoric"]["status"] == "no_reference"
+    v = verdict(_summary(mi=0.01, ee=0.1), reference=ref, domain=None)
+    assert v["kind"] == "no_reference" and "expected_entropy/mean" in v["sentence"]

@@ -265,7 +265,7 @@ def verdict(
     )
     how = f"{aggregation} over the image"
     ref_text = None
-    if has_reference:
+    if reference:
         ref_text = (
             f"the {float(REFERENCE_QUANTILE):.0%} point of {reference.get('n_images', '?')} "
             f"in-domain images ({reference.get('data', 'held-out data')})"
@@ -294,9 +294,11 @@ def verdict(
     elif not has_reference:
         kind = "no_reference"
         action = "review the highlighted regions"
+        missing = [c["key"] for c in (epi, ale) if c.get("status") == "no_reference"]
         parts.append(
-            f"the model card has no in-domain reference for method {method!r}, so the tool "
-            "cannot judge whether this image's uncertainty is unusual"
+            f"the model card has no in-domain reference for method {method!r} "
+            f"({', '.join(missing)}), so the tool cannot judge whether this image's uncertainty "
+            "is unusual"
         )
     elif not decomposed:
         if epi["status"] == "above":
