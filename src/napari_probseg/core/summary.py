@@ -263,7 +263,8 @@ def verdict(
     has_reference = epi["status"] != "no_reference" and (
         not decomposed or ale["status"] != "no_reference"
     )
-    how = f"{aggregation} over the image"
+    n = summary.get("n_samples")
+    how = f"{aggregation} over the image" + (f", N = {n}" if n else "")
     ref_text = None
     if reference:
         ref_text = (
