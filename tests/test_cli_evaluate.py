@@ -87,6 +87,7 @@ def test_json_scoring_rules_pavpu_curve_and_ged_options(store_path, capsys):
     assert len(curve["thresholds"]) == len(curve["pavpu"]) == 21
     assert 0.0 <= img["metrics"]["pavpu_area"] <= 1.0
     assert curve["area"] == pytest.approx(img["metrics"]["pavpu_area"])
+    assert img["warnings"] == []  # the run's summary warnings (none for this hand-made run)
 
 
 @pytest.mark.parametrize("reference", ["majority", "soft", "rater:r2", "all"])
@@ -166,3 +167,21 @@ def test_predict_then_evaluate_and_calibrate(store_path, tmp_path, capsys):
     # a second run without --overwrite refuses
     assert main(cal) == 1
     assert "exists" in capsys.readouterr().err
+
+
+def test_run_warnings_reach_the_evaluation(store_path, capsys):
+    from napari_probseg.store import ProjectStore
+
+    s = ProjectStore.open(store_path, mode="r+")
+    samples = np.zeros((2, *SHAPE), np.uint8)
+    samples[:, 8:20, 8:20] = 1
+    f = samples.mean(0).astype(np.float32)
+    prov = {"warnings": ["input intensities far outside the training data"]}
+    s.save_prediction(
+        "a",
+        {"samples": samples, "probs": np.stack([1 - f, f])},
+        {"method": "hand", "source": ["parameter"], "provenance": prov},
+        run_id="warned",
+    )
+    assert main(["evaluate", str(store_path), "--run", "warned", "--images", "a"]) == 0
+    assert "WARNING (a): input intensities far outside the training data" in capsys.readouterr().out

@@ -169,3 +169,19 @@ def test_observer_metrics_passes_the_ged_options():
                 samples, raters, n_classes=3, ged_kernel=kernel, ged_absent=absent
             )
             assert both.ged == one
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ged_kernels_match_torchmetrics_dice_and_iou(seed):
+    """One sample vs one rater: GED = 2 d(s, y); d from torchmetrics' Dice / mean IoU."""
+    from torchmetrics.functional.segmentation import dice_score, mean_iou
+
+    rng = np.random.default_rng(seed)
+    s = (rng.random((1, 12, 12)) < 0.4).astype(np.uint8)
+    y = (rng.random((1, 12, 12)) < 0.4).astype(np.uint8)
+    ts, ty = torch.from_numpy(s).long(), torch.from_numpy(y).long()
+    opts = {"num_classes": 2, "include_background": False, "input_format": "index"}
+    dice = float(dice_score(ts, ty, **opts)[0])
+    iou = float(mean_iou(ts, ty, **opts)[0])
+    assert ged(s, y, kernel="dice").ged == pytest.approx(2 * (1 - dice), rel=1e-6)
+    assert ged(s, y).ged == pytest.approx(2 * (1 - iou), rel=1e-6)

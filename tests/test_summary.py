@@ -261,3 +261,26 @@ def test_cli_text_renders_warnings_verdict_and_caveat(capsys):
     assert f"verdict: {s['verdict']['sentence']}" in out
     assert "§7.1" in out and "highlight share 5%" in out
     assert FOREGROUND in out
+
+
+def test_cluster_entropy_known_answers():
+    from napari_probseg.core.structure import cluster_entropy
+    from napari_probseg.data.synthetic import make_shifted_circle
+
+    # a circle at 4 clearly separated positions, 2 samples each: 2 bits; one position: 0 bits
+    masks = make_shifted_circle(4, shape=(64, 64), radius=6, seed=0)
+    assert cluster_entropy(np.repeat(masks, 2, axis=0)) == pytest.approx(2.0)
+    assert cluster_entropy(np.repeat(masks[:1], 3, axis=0)) == 0.0
+    assert cluster_entropy(np.repeat(masks, 2, axis=0), base=None) == pytest.approx(math.log(4))
+    with pytest.raises(ValueError, match=r"^min_iou"):
+        cluster_entropy(masks, min_iou=0.0)
+
+
+def test_verdict_with_half_a_reference():
+    ref = _reference()
+    del ref["methods"]["mc_dropout"]["expected_entropy/mean"]
+    v = verdict(_summary(mi=0.05, ee=0.1), reference=ref, domain=None)
+    assert v["kind"] == "unfamiliar" and "None" not in v["sentence"]
+    assert "48 in-domain images" in v["sentence"] and v["aleatoric"]["status"] == "no_reference"
+    v = verdict(_summary(mi=0.01, ee=0.1), reference=ref, domain=None)
+    assert v["kind"] == "no_reference" and "expected_entropy/mean" in v["sentence"]

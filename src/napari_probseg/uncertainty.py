@@ -1,4 +1,5 @@
-"""Public uncertainty API: entropy decomposition, structure measures, aggregation and regions.
+"""Public uncertainty API: entropy decomposition, structure measures, aggregation, regions and
+the one image-level summary (``image_summary``, ``verdict``).
 
 Thin re-exports of :mod:`napari_probseg.core` (``from napari_probseg.uncertainty import
 decompose``). Importing this module does not import torch; tensors are handled lazily when given.
@@ -11,6 +12,7 @@ from napari_probseg.core.regions import Region, TopRegions, top_regions
 from napari_probseg.core.structure import (
     Envelope,
     Hypothesis,
+    cluster_entropy,
     consensus,
     distinct_hypotheses,
     envelope,
@@ -20,6 +22,7 @@ from napari_probseg.core.structure import (
     sample_set_entropy,
     volume_cov,
 )
+from napari_probseg.core.summary import FOREGROUND, image_summary, verdict
 from napari_probseg.core.uncertainty import (
     SOURCES,
     TERMS,
@@ -35,6 +38,7 @@ from napari_probseg.core.uncertainty import (
 
 __all__ = [
     "AGGREGATIONS",
+    "FOREGROUND",
     "SOURCES",
     "TERMS",
     "AggregateScore",
@@ -46,12 +50,14 @@ __all__ = [
     "UncertaintyAccumulator",
     "UncertaintyMaps",
     "aggregate",
+    "cluster_entropy",
     "consensus",
     "decompose",
     "distinct_hypotheses",
     "entropy",
     "envelope",
     "factorized_entropy",
+    "image_summary",
     "iou_matrix",
     "pairwise_dice",
     "patch_means",
@@ -60,5 +66,6 @@ __all__ = [
     "term_label",
     "term_meanings",
     "top_regions",
+    "verdict",
     "volume_cov",
 ]

@@ -29,6 +29,7 @@ from napari_probseg.core.observer import iou_matrix
 __all__ = [
     "Envelope",
     "Hypothesis",
+    "cluster_entropy",
     "consensus",
     "distinct_hypotheses",
     "envelope",
@@ -168,6 +169,43 @@ def sample_set_entropy(masks: Any, *, base: float | None = 2) -> float:
     counts = Counter(hashlib.blake2b(m.tobytes(), digest_size=16).digest() for m in arr)
     f = np.array(list(counts.values()), np.float64) / arr.shape[0]
     return float(max(-(f * np.log(f)).sum() / scale, 0.0))
+
+
+def cluster_entropy(masks: Any, *, min_iou: float = 0.8, base: float | None = 2) -> float:
+    """Entropy of the shares of the distinct hypotheses (clusters of similar samples).
+
+    :func:`sample_set_entropy` hashes exact masks, so one differing pixel makes two masks distinct
+    and any stochastic method saturates at ``log N``. Here samples are first grouped by
+    :func:`distinct_hypotheses` (average linkage on ``1 - IoU``, cut where the IoU between groups
+    falls below ``min_iou``) and the entropy is that of the group shares.
+
+    Parameters
+    ----------
+    masks : ndarray or Tensor, shape (N, *spatial)
+        Integer label masks.
+    min_iou : float in (0, 1], optional
+        Samples whose (average-linkage) IoU is at least this form one hypothesis (default 0.8,
+        i.e. ``distinct_hypotheses(max_distance=0.2)``); 1 groups only masks with IoU 1.
+    base : float or None, optional
+        Logarithm base (default 2: bits; ``None``: nats).
+
+    Returns
+    -------
+    float
+        ``-sum_g f_g log f_g`` over the groups ``g``; 0 for one group, at most ``log N``.
+
+    Raises
+    ------
+    ValueError
+        Invalid masks, ``min_iou`` or ``base``.
+    """
+    scale = _log_scale(base)
+    if not (isinstance(min_iou, (int, float)) and 0 < min_iou <= 1):
+        raise ValueError(f"min_iou: expected an IoU in (0, 1], got {min_iou!r}")
+    arr = check_masks(masks, "masks")
+    groups = distinct_hypotheses(arr, max_distance=1.0 - min_iou, max_hypotheses=arr.shape[0])
+    f = np.array([g.share for g in groups], np.float64)
+    return float(max(-(f * np.log(f)).sum() / scale, 0.0)) + 0.0
 
 
 def _label_counts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

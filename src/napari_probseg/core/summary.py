@@ -263,9 +263,10 @@ def verdict(
     has_reference = epi["status"] != "no_reference" and (
         not decomposed or ale["status"] != "no_reference"
     )
-    how = f"{aggregation} over the image"
+    n = summary.get("n_samples")
+    how = f"{aggregation} over the image" + (f", N = {n}" if n else "")
     ref_text = None
-    if has_reference:
+    if reference:
         ref_text = (
             f"the {float(REFERENCE_QUANTILE):.0%} point of {reference.get('n_images', '?')} "
             f"in-domain images ({reference.get('data', 'held-out data')})"
@@ -294,9 +295,11 @@ def verdict(
     elif not has_reference:
         kind = "no_reference"
         action = "review the highlighted regions"
+        missing = [c["key"] for c in (epi, ale) if c.get("status") == "no_reference"]
         parts.append(
-            f"the model card has no in-domain reference for method {method!r}, so the tool "
-            "cannot judge whether this image's uncertainty is unusual"
+            f"the model card has no in-domain reference for method {method!r} "
+            f"({', '.join(missing)}), so the tool cannot judge whether this image's uncertainty "
+            "is unusual"
         )
     elif not decomposed:
         if epi["status"] == "above":
@@ -346,6 +349,7 @@ def verdict(
 
 def _structure(samples: np.ndarray, cluster_iou: float) -> list[dict[str, Any]]:
     from napari_probseg.core.structure import (
+        cluster_entropy,
         distinct_hypotheses,
         factorized_entropy,
         pairwise_dice,
@@ -364,8 +368,7 @@ def _structure(samples: np.ndarray, cluster_iou: float) -> list[dict[str, Any]]:
             "and says nothing beyond N (read the cluster entropy)"
         )
     groups = distinct_hypotheses(samples, max_distance=1.0 - cluster_iou, max_hypotheses=n)
-    shares = np.array([g.share for g in groups], np.float64)
-    cluster = float(max(-(shares * np.log2(shares)).sum(), 0.0)) + 0.0  # never -0.0
+    cluster = cluster_entropy(samples, min_iou=cluster_iou)
     return [
         {
             "measure": "pairwise_dice",

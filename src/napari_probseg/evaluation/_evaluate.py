@@ -91,6 +91,8 @@ class ImageEvaluation:
     pavpu: dict[str, Any]
     uncertainty: dict[str, Any]
     accumulator: CalibrationAccumulator = field(repr=False)
+    #: The run's warnings (domain check, numerics), from its one summary.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (NaN as None)."""
@@ -110,6 +112,7 @@ class ImageEvaluation:
                 "calibration": self.calibration,
                 "pavpu": self.pavpu,
                 "uncertainty": self.uncertainty,
+                "warnings": self.warnings,
             }
         )
 
@@ -548,6 +551,7 @@ def _evaluate_image(
             "value": _nan(score["value"]),
         },
         accumulator=acc,
+        warnings=list(summary["warnings"]),
     )
 
 

@@ -83,6 +83,9 @@ def format_table(evaluation: Any) -> str:
         lines.append(
             "NaN values skipped in the means: " + ", ".join(f"{h} {n}" for h, n in nan.items())
         )
+    for e in ev.images:
+        for w in getattr(e, "warnings", []):
+            lines.append(f"WARNING ({e.image_id}): {w}")
     cal = ev.calibration
     lines += [
         "",
