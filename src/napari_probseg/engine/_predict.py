@@ -913,9 +913,9 @@ def _run_slabs(
             if n_final > 0:
                 fin = buf[:, :, :n_final]
                 if ws_final is not None and plan.tiled:
-                    fin = fin / ws_final
+                    fin /= ws_final  # in place: the carry rows were copied out above
                 fin = fin[(slice(None), slice(None), slice(None), *(slice(0, s) for s in rest_img))]
-                probs_np = np.ascontiguousarray(fin.numpy())
+                probs_np = fin.numpy()  # a view: no copy of the slab's samples
                 acc.update(probs_np)
                 if outputs.get("samples") is not None:
                     labels = np.empty((bj, *probs_np.shape[2:]), outputs["samples"].dtype)

@@ -267,7 +267,7 @@ def estimate_memory(
     else:
         slab = slab_rows * plane
         parts["normalized input"] = slab * 4 * 2
-        parts["blend buffer"] = b * k * slab * 4 * 2  # the buffer and one cropped copy
+        parts["blend buffer"] = b * k * slab * 4
         parts["carry"] = n * k * carry_rows * plane * 4
         parts["accumulator"] = (2 * k + 1) * final_rows * plane * 8 + (
             2 * k + 3
