@@ -98,7 +98,7 @@ def test_zarr_and_dask_inputs_are_read_in_slabs_never_whole(tmp_path):
 
 def test_memory_estimate_refuses_before_computing(monkeypatch):
     method, img = TinyMethod(), _image((64, 64))
-    monkeypatch.setenv("PROBSEG_MEMORY_LIMIT", str(50e6))  # below the process baseline
+    monkeypatch.setenv("PROBSEG_MEMORY_LIMIT", str(1e5))  # less than one tile's activations
     with pytest.raises(MemoryError, match=r"^image: .* needs ~.* GiB .* available"):
         engine.run_prediction(img, method, patch_size=(16, 16), **KW)
     assert method.calls == []  # refused before any forward pass
@@ -109,8 +109,8 @@ def test_memory_estimate_switches_to_slabs_when_the_whole_image_does_not_fit(mon
     kw = dict(KW, patch_size=(32, 32), batch_size=1)
     whole = engine.run_prediction(img, method, streaming=False, **kw)
     slab = engine.run_prediction(img, method, streaming=True, **kw)
-    need_whole = whole.provenance["memory"]["estimate_bytes"]
-    need_slab = slab.provenance["memory"]["estimate_bytes"]
+    need_whole = whole.provenance["memory"]["additional_bytes"]
+    need_slab = slab.provenance["memory"]["additional_bytes"]
     assert need_slab < need_whole
     monkeypatch.setenv("PROBSEG_MEMORY_LIMIT", str((need_whole + need_slab) / 2))
     with pytest.warns(RuntimeWarning, match="streaming slab by slab"):

@@ -412,16 +412,16 @@ def _run(
 
     available = available_memory()
     mode = "slab" if (streaming or output is not None or lazy) else "whole"
-    if streaming is None and mode == "whole" and estimate("whole", 1).total > available:
+    if streaming is None and mode == "whole" and estimate("whole", 1).additional > available:
         mode = "slab"
         warn(
             f"memory: the whole-image path needs {estimate('whole', 1).describe()} but "
             f"{available / 2**30:.2f} GiB are available; streaming slab by slab instead"
         )
-    if estimate(mode, 1).total > available:
+    if estimate(mode, 1).additional > available:
         raise MemoryError(
             f"image: predicting {n_total} sample(s) of a {'x'.join(map(str, spatial))} image "
-            f"needs {estimate(mode, 1).describe()} but only {available / 2**30:.2f} GiB are "
+            f"needs {estimate(mode, 1).describe()} but only {available / 2**30:.2f} GiB more are "
             "available; write to an output store (output=..., CLI --out streams to disk), "
             "pass keep_samples=False, or use fewer samples or a smaller patch"
         )
@@ -433,12 +433,13 @@ def _run(
         b = _balanced(auto_batch_size(n_total, per, budget or memory_budget(dev)), n_total)
     else:
         b = min(batch_size, n_total)
-    while b > 1 and estimate(mode, b).total > available:
+    while b > 1 and estimate(mode, b).additional > available:
         b = _balanced(max(1, b // 2), n_total)
     first_batch = b
     memory_info = {
         "mode": mode,
         "estimate_bytes": round(estimate(mode, b).total),
+        "additional_bytes": round(estimate(mode, b).additional),
         "available_bytes": None if available == float("inf") else round(available),
     }
     if mode == "slab":
@@ -913,10 +914,19 @@ def _run_slabs(
             if n_final > 0:
                 fin = buf[:, :, :n_final]
                 if ws_final is not None and plan.tiled:
-                    fin = fin / ws_final
+                    fin /= ws_final  # in place: the carry rows were copied out above
                 fin = fin[(slice(None), slice(None), slice(None), *(slice(0, s) for s in rest_img))]
-                probs_np = np.ascontiguousarray(fin.numpy())
-                acc.update(probs_np)
+                probs_np = fin.numpy()  # a view: no copy of the slab's samples
+                if bj == n_total:
+                    # one batch holds every sample: finalise in thin row chunks, so the float64
+                    # sums and maps exist for a few rows at a time only
+                    for a in range(0, n_final, FINAL_CHUNK_ROWS):
+                        part = UncertaintyAccumulator(k, spatial_dims=len(spatial))
+                        part.update(probs_np[:, :, a : a + FINAL_CHUNK_ROWS])
+                        rows_done = slice(slab.lo + a, slab.lo + min(n_final, a + FINAL_CHUNK_ROWS))
+                        volumes += _write_maps(outputs, part.result(), rows_done)
+                else:
+                    acc.update(probs_np)
                 if outputs.get("samples") is not None:
                     labels = np.empty((bj, *probs_np.shape[2:]), outputs["samples"].dtype)
                     _argmax_into(probs_np, labels)
@@ -925,19 +935,25 @@ def _run_slabs(
             buf = None
             done += bj
         carry = next_carry
-        if n_final > 0:
-            maps = acc.result()
-            sl = slice(slab.lo, slab.lo + n_final)
-            for name in ("mean_probs", "variance"):
-                outputs[name][:, sl] = np.asarray(getattr(maps, name), np.float32)
-            for name in ("predictive_entropy", "expected_entropy", "mutual_information"):
-                outputs[name][sl] = np.asarray(getattr(maps, name), np.float32)
-            volumes += np.asarray(maps.volumes, np.float64)
-            outputs.setdefault("foreground_classes", tuple(maps.foreground_classes))
-            outputs.setdefault("units", maps.units)
-            del maps
+        if n_final > 0 and acc.n_samples:
+            volumes += _write_maps(outputs, acc.result(), slice(slab.lo, slab.lo + n_final))
         del acc, x_block
     return volumes, b
+
+
+#: Rows of the first axis finalised at a time when one batch holds every sample.
+FINAL_CHUNK_ROWS = 8
+
+
+def _write_maps(outputs: dict, maps: Any, rows: slice) -> np.ndarray:
+    """Write a row block's maps into ``outputs``; return its per-sample volumes."""
+    for name in ("mean_probs", "variance"):
+        outputs[name][:, rows] = np.asarray(getattr(maps, name), np.float32)
+    for name in ("predictive_entropy", "expected_entropy", "mutual_information"):
+        outputs[name][rows] = np.asarray(getattr(maps, name), np.float32)
+    outputs.setdefault("foreground_classes", tuple(maps.foreground_classes))
+    outputs.setdefault("units", maps.units)
+    return np.asarray(maps.volumes, np.float64)
 
 
 def _shift_window(window: Any, lo: int) -> Any:

@@ -225,6 +225,12 @@ class MemoryEstimate:
     def total(self) -> float:
         return float(sum(self.parts.values()))
 
+    @property
+    def additional(self) -> float:
+        """Bytes still to be allocated: the total without the process and the input (which
+        already live in this process when the estimate is made)."""
+        return self.total - self.parts.get("process", 0.0) - self.parts.get("input", 0.0)
+
     def describe(self) -> str:
         gib = 2.0**30
         items = ", ".join(f"{k} {v / gib:.2f}" for k, v in self.parts.items() if v > 0.005 * gib)
@@ -267,7 +273,7 @@ def estimate_memory(
     else:
         slab = slab_rows * plane
         parts["normalized input"] = slab * 4 * 2
-        parts["blend buffer"] = b * k * slab * 4 * 2  # the buffer and one cropped copy
+        parts["blend buffer"] = b * k * slab * 4
         parts["carry"] = n * k * carry_rows * plane * 4
         parts["accumulator"] = (2 * k + 1) * final_rows * plane * 8 + (
             2 * k + 3

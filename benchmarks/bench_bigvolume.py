@@ -1,0 +1,123 @@
+"""Big-volume benchmark: peak memory per input size, network body passes per tile, time.
+
+Each case runs in a fresh subprocess (peak RSS = ``ru_maxrss``) on a 3D volume with a bundled 3D
+model, streaming maps and uint8 samples into a zarr output store (``predict(..., output=...)``):
+
+- ``softmax`` (lesions3d-unet), ``mc_dropout`` N = 4 (lesions3d-unet), ``ssn`` N = 16
+  (lesions3d-ssn): the goals are peak RSS <= 6x the input volume and, for SSN, one body pass per
+  tile whatever N;
+- ``ssn`` N = 16 from a zarr input on disk (read slab by slab, never loaded whole).
+
+Printed per case: ``rss_over_input`` = peak RSS / input bytes, ``extra_over_input`` = (peak RSS -
+RSS after importing torch and loading the model) / input bytes, ``body_passes_per_tile``, time.
+The default volume is 64 x 192 x 192 (2 cores shared with other jobs: the issue's 512 x 512 x 300
+CT volume takes tens of minutes per method here); ``--full`` runs 300 x 512 x 512. On small
+volumes the fixed ~0.35 GB of torch and the ~0.3 GB of 3D U-Net activations per 64^3 tile dwarf
+the input, so ``rss_over_input`` only approaches its asymptote on big volumes.
+
+    python -m benchmarks bigvolume [--quick] [--full] [--only softmax,ssn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+_CHILD = """
+import json, resource, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {root!r})
+import torch
+from napari_probseg import engine
+from napari_probseg.models import load_method
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+shape = tuple({shape!r})
+method = load_method({model!r}, {method!r})
+body = getattr(method.network, "body", None) or method.network
+calls = [0]
+body.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+tmp = Path(tempfile.mkdtemp())
+rng = np.random.default_rng(0)
+img = np.empty(shape, np.float32)
+for z in range(shape[0]):  # synthetic CT-like intensities, written plane by plane
+    img[z] = rng.normal(0.2, 0.1, size=shape[1:])
+input_bytes = img.nbytes
+if {zarr_input!r}:
+    import zarr
+    src = zarr.create_array(str(tmp / "in.zarr"), shape=shape, dtype="float32",
+                            chunks=(16, shape[1], shape[2]))
+    for z in range(0, shape[0], 16):
+        src[z:z + 16] = img[z:z + 16]
+    del img
+    img = src
+base = rss()
+t0 = time.perf_counter()
+res = engine.run_prediction(img, method, n_samples={n}, seed=0, device="cpu",
+                            output=tmp / "out.zarr")
+dt = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"seconds": dt, "peak": peak, "base": base, "input": input_bytes,
+                  "tiles": res.provenance["tiling"]["n_tiles"], "body_calls": calls[0],
+                  "batch": res.provenance["batch_size"],
+                  "mode": res.provenance["memory"]["mode"],
+                  "estimate": res.provenance["memory"]["estimate_bytes"]}}))
+"""
+
+CASES = {
+    "softmax": ("lesions3d-unet", "softmax", 1, False),
+    "mc_dropout": ("lesions3d-unet", "mc_dropout", 4, False),
+    "ssn": ("lesions3d-ssn", "ssn", 16, False),
+    "ssn-zarr": ("lesions3d-ssn", "ssn", 16, True),
+}
+
+
+def run_case(name: str, shape: tuple[int, ...]) -> dict:
+    model, method, n, zarr_input = CASES[name]
+    root = str(Path(__file__).resolve().parents[1])
+    code = _CHILD.format(
+        root=root, shape=shape, model=model, method=method, n=n, zarr_input=zarr_input
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(root) / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "case": f"{name} N={n} {'x'.join(map(str, shape))} ({'zarr' if zarr_input else 'numpy'} in)",
+        "input_mb": round(out["input"] / 1e6, 1),
+        "peak_rss_mb": round(out["peak"] / 1e6),
+        "rss_over_input": round(out["peak"] / out["input"], 2),
+        "extra_over_input": round((out["peak"] - out["base"]) / out["input"], 2),
+        "goal": "<= 6x on 300x512x512",
+        "body_passes_per_tile": round(out["body_calls"] / max(out["tiles"], 1), 2),
+        "tiles": out["tiles"],
+        "batch": out["batch"],
+        "mode": out["mode"],
+        "estimate_mb": round(out["estimate"] / 1e6),
+        "seconds": round(out["seconds"], 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_bigvolume", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 64 x 128 x 128 volume")
+    parser.add_argument("--full", action="store_true", help="the 300 x 512 x 512 CT volume")
+    parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
+    args = parser.parse_args(argv)
+    shape = (300, 512, 512) if args.full else (64, 128, 128) if args.quick else (64, 192, 192)
+    for name in args.only.split(","):
+        row = run_case(name.strip(), shape)
+        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
