@@ -112,6 +112,11 @@ def predict(
         Out of memory on the CPU even with one sample per batch.
     """
     check_cancel = cancel_checker(cancel)
+    if getattr(method, "whole_image", False):  # nnU-Net, MONAI bundle: models/protocol.py
+        from napari_probseg.engine._external import predict_whole_image
+
+        return predict_whole_image(image, method, n_samples=n_samples, seed=seed, device=device,
+                                   scale=scale, check_cancel=check_cancel, keep_samples=keep_samples)  # fmt: skip
     n_req = check_positive_int(n_samples, "n_samples")
     seed = check_positive_int(seed, "seed", minimum=0)
     if batch_size is not None:
