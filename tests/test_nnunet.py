@@ -219,3 +219,39 @@ def test_without_nnunetv2_the_error_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "nnunetv2", None)  # import nnunetv2 -> ImportError
     with pytest.raises(MissingExtraError, match=r"napari-probseg\[nnunet\]"):
         load_method(folder)
+
+
+def test_napari_run_panel_adds_and_runs_a_folder(make_napari_viewer, qtbot, tmp_path):
+    pytest.importorskip("napari")
+    from napari_probseg._napari._run_widget import LOAD_FOLDER, RunWidget
+
+    folder = build_nnunet_folder(tmp_path / "ok", spatial_dims=2)
+    viewer = make_napari_viewer()
+    image = np.random.default_rng(0).normal(size=(20, 18)).astype(np.float32)
+    viewer.add_image(image, name="scan")
+    widget = RunWidget(viewer)
+    items = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    assert LOAD_FOLDER in items
+    assert not widget.add_model_folder(tmp_path / "missing")  # a notification, no traceback
+    assert widget.add_model_folder(folder)
+    methods = [widget.method_combo.itemText(i) for i in range(widget.method_combo.count())]
+    assert methods == ["tta+ensemble", "ensemble", "tta", "softmax"]
+    widget.select(image="scan", method="ensemble", n_samples=4, device="cpu")
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert widget.last_error is None and widget.last_record is not None
+    assert len(viewer.layers) > 1
+
+    # a checkpoint that would run code: refused until the user confirms in a dialog
+    sentinel = tmp_path / "sentinel.txt"
+    evil = _Sentinel()
+    evil.path = str(sentinel)
+    bad = build_nnunet_folder(tmp_path / "bad", spatial_dims=2, folds=1, extra={"x": evil})
+    asked: list[str] = []
+    widget._confirm_trust = lambda message: asked.append(message) or False
+    assert widget.add_model_folder(bad)
+    widget.select(image="scan", method="softmax", device="cpu")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert asked and "trust" in asked[0] and not sentinel.exists(), repr(widget.last_error)
+    assert isinstance(widget.last_error, UntrustedModelError)
