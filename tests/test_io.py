@@ -162,7 +162,9 @@ def test_unsupported_and_missing(tmp_path):
     with pytest.raises(ImageReadError, match=r"does not exist"):
         read_image(tmp_path / "missing.nii.gz")
     assert is_supported("a/b/C.NII.GZ") and is_supported("x.tiff") and not is_supported("x.gz")
-    assert SUPPORTED_SUFFIXES == (".tif", ".tiff", ".npy", ".nii", ".nii.gz")
+    assert SUPPORTED_SUFFIXES == (
+        ".tif", ".tiff", ".npy", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg",
+    )  # fmt: skip
 
 
 def test_nan_images_are_read_but_rejected_by_check(tmp_path):
