@@ -31,7 +31,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# The pinned CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[test,dev]"
+	@# The nnunet extra pulls timm -> torchvision -> another (CUDA) torch: keep torch pinned.
+	$(PY) -m pip install -q -c <(echo $(TORCH_PIN)) -e ".[test,dev,nnunet]"
+	@# That torchvision is built for another torch and fails to import beside the pinned one;
+	@# nothing here imports it (nnU-Net inference does not need it).
+	$(PY) -m pip uninstall -y -q torchvision
 	touch $(STAMP)
 
 # With a display: the interactive viewer. Without one (CI, ssh): the same run under Xvfb, saving a

@@ -151,14 +151,20 @@ def test_empty_and_truncated_files(tmp_path):
 
 
 def test_unsupported_and_missing(tmp_path):
-    png = tmp_path / "photo.png"
+    bmp = tmp_path / "photo.bmp"
+    bmp.write_bytes(b"BM")
+    with pytest.raises(ImageReadError, match=r"photo.bmp: unsupported file type '.bmp'"):
+        read_image(bmp)
+    png = tmp_path / "photo.png"  # PNG is read (data/io.py), a broken one is named as such
     png.write_bytes(b"\x89PNG")
-    with pytest.raises(ImageReadError, match=r"photo.png: unsupported file type '.png'"):
+    with pytest.raises(ImageReadError, match=r"photo.png: cannot read as a PNG file"):
         read_image(png)
     with pytest.raises(ImageReadError, match=r"does not exist"):
         read_image(tmp_path / "missing.nii.gz")
     assert is_supported("a/b/C.NII.GZ") and is_supported("x.tiff") and not is_supported("x.gz")
-    assert SUPPORTED_SUFFIXES == (".tif", ".tiff", ".npy", ".nii", ".nii.gz")
+    assert SUPPORTED_SUFFIXES == (
+        ".tif", ".tiff", ".npy", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg",
+    )  # fmt: skip
 
 
 def test_nan_images_are_read_but_rejected_by_check(tmp_path):

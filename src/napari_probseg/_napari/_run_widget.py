@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -37,6 +38,10 @@ from napari_probseg._napari._choices import (
 from napari_probseg._napari._layers import Placement, create_layer
 from napari_probseg._napari._runner import RunRequest, run_job
 from napari_probseg._napari._session import land_stepwise
+from napari_probseg.models.errors import UntrustedModelError
+
+#: The model-list entry that opens a folder dialog (nnU-Net trained-model folder, MONAI bundle).
+LOAD_FOLDER = "add model folder…"
 
 #: Resolution of the napari progress bar (it counts thousandths of the engine's fraction).
 _PBAR_STEPS = 1000
@@ -97,6 +102,8 @@ class RunWidget(QWidget):
         self._pbar: Any = None
         self._landing = False
         self._models: list[ModelChoice] = []
+        self._trusted: set[str] = set()  # model keys the user confirmed may run code
+        self._rerun = False
 
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("Single-channel 2D or 3D image layer to segment")
@@ -172,12 +179,22 @@ class RunWidget(QWidget):
         for choice in choices:
             self.model_combo.addItem(choice.label)
         self.model_combo.addItem(LOAD_CARD)
+        self.model_combo.addItem(LOAD_FOLDER)
         if select is not None:
             self.model_combo.setCurrentText(select)
         self.model_combo.blockSignals(False)
         self._refresh_methods()
 
     def _on_model_activated(self, index: int) -> None:
+        if self.model_combo.itemText(index) == LOAD_FOLDER:
+            folder = QFileDialog.getExistingDirectory(
+                self, "Add model folder (nnU-Net trained model or MONAI bundle)"
+            )
+            if folder:
+                self.add_model_folder(folder)
+            elif self._models:
+                self.model_combo.setCurrentIndex(0)
+            return
         if self.model_combo.itemText(index) != LOAD_CARD:
             return
         path, _ = QFileDialog.getOpenFileName(
@@ -199,6 +216,43 @@ class RunWidget(QWidget):
             return False
         self._set_models([*self._models, choice], select=choice.label)
         return True
+
+    def add_model_folder(self, path: str | Path) -> bool:
+        """Add an nnU-Net trained-model folder or a MONAI bundle to the model list (read from its
+        JSON/YAML files only: nothing is imported or unpickled here); errors become
+        notifications."""
+        from napari_probseg.models.adapters import inspect_model_folder
+
+        try:
+            info = inspect_model_folder(path)
+        except (ValueError, OSError) as exc:
+            show_error(f"probseg: cannot add model folder {Path(path).name}: {describe_error(exc)}")
+            if self._models:
+                self.model_combo.setCurrentIndex(0)
+            return False
+        kind = {"nnunet": "nnU-Net", "monai_bundle": "MONAI bundle"}.get(info.kind, info.kind)
+        label = f"{info.name} ({info.spatial_dims}D, {kind})"
+        if any(c.label == label for c in self._models):  # same name elsewhere: say where
+            label = f"{label} {info.path}"
+        choice = ModelChoice(
+            label,
+            str(info.path),
+            tuple(m for m in info.methods if not (info.kind == "monai_bundle" and m == "ensemble")),
+            info.spatial_dims,
+        )
+        self._set_models([*self._models, choice], select=choice.label)
+        return True
+
+    def _confirm_trust(self, message: str) -> bool:
+        """Ask the user whether a model that would run code may load (explicit confirmation)."""
+        answer = QMessageBox.question(
+            self,
+            "Trust this model?",
+            f"{message}\n\nLoad it anyway? Only do this if you trust where it came from.",
+            QMessageBox.Yes | QMessageBox.No,
+            QMessageBox.No,
+        )
+        return answer == QMessageBox.Yes
 
     def _refresh_methods(self, *_: Any) -> None:
         choice = self.current_model()
@@ -274,6 +328,7 @@ class RunWidget(QWidget):
             seed=self.seed_spin.value(),
             device=self.device_combo.currentText(),
             quantile=0.05,
+            trust=choice.key in self._trusted,
         )
         return self.start(layer, request, placement)
 
@@ -367,6 +422,14 @@ class RunWidget(QWidget):
         if isinstance(exc, Cancelled):
             self._on_aborted()
             return
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        if isinstance(cause, UntrustedModelError):
+            choice = self.current_model()
+            if choice is not None and choice.key not in self._trusted:
+                if self._confirm_trust(str(cause)):
+                    self._trusted.add(choice.key)
+                    self._rerun = True
+                    return
         self.last_error = exc
         message = describe_error(exc)
         self.status.setText(f"Failed: {message}")
@@ -381,6 +444,12 @@ class RunWidget(QWidget):
             self._pbar.close()
             self._pbar = None
         self.worker = None
+        if self._rerun:  # the user just trusted the model: run again with trust
+            self._rerun = False
+            self.run_button.setEnabled(True)
+            self.cancel_button.setEnabled(False)
+            self.run()
+            return
         self.run_button.setEnabled(not self._landing)
         self.cancel_button.setEnabled(False)
         if not self._landing:

@@ -39,7 +39,26 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("image", nargs="?", type=Path, help="image file (or use --sample)")
     p.add_argument("--sample", choices=("2d", "3d"), help="use the built-in synthetic sample case")
-    p.add_argument("--model", required=True, help="bundled/user model name or a card file")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="bundled/user model name, a card file, an nnU-Net v2 trained-model folder or a "
+        "MONAI bundle directory",
+    )
+    p.add_argument(
+        "--with-model",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="BUNDLE",
+        help="another MONAI bundle for --method ensemble (repeat it)",
+    )
+    p.add_argument("--folds", help="nnU-Net folds to use, e.g. 0,1,2 (default: all found)")
+    p.add_argument(
+        "--checkpoint",
+        default="checkpoint_final.pth",
+        help="nnU-Net checkpoint file name (checkpoint_final.pth)",
+    )
     p.add_argument("--method", help="sampling method (default: the card's default)")
     p.add_argument("-n", "--n-samples", type=int, default=16, help="number of samples (16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
@@ -200,21 +219,41 @@ def run(args: argparse.Namespace) -> int:
 
     _check_options(args)
     _check_out(args.out, overwrite=args.overwrite)
-    card = find_card(args.model, model_dirs(args.model_dir))
-    known = card.available_methods
+    folder = Path(args.model) if Path(args.model).is_dir() else None
+    if folder is not None:  # nnU-Net folder / MONAI bundle (models/adapters)
+        from napari_probseg.models.adapters import inspect_model_folder
+
+        info = inspect_model_folder(folder)
+        known, in_channels, model_name = list(info.methods), info.in_channels, info.name
+    else:
+        card = find_card(args.model, model_dirs(args.model_dir))
+        known, in_channels, model_name = card.available_methods, card.in_channels, card.name
     if args.method is not None and args.method not in known and args.method != "tta+softmax":
         # the same check load_method makes, before torch is imported (fast failure)
         from napari_probseg.models import UnknownMethodError
 
-        raise UnknownMethodError(args.method, known, card.name)
-    image, scale, source = _load_input(args, card.in_channels)
+        raise UnknownMethodError(args.method, known, model_name)
+    image, scale, source = _load_input(args, in_channels)
     if not np.isfinite(image).all():
         raise CLIError(f"image: {source} contains NaN or Inf values", code=1)
     _check_magnitude(image, source)
 
     from napari_probseg.models import load_method
 
-    method = load_method(card, args.method, device="cpu", trust=args.trust)
+    if folder is not None:
+        from napari_probseg.models.adapters import load_folder_method
+
+        options: dict[str, Any] = {}
+        if info.kind == "nnunet":
+            options["checkpoint"] = args.checkpoint
+            if args.folds:
+                options["folds"] = [f.strip() for f in args.folds.split(",") if f.strip()]
+        paths = [folder, *args.with_model]
+        method = load_folder_method(
+            paths if len(paths) > 1 else folder, args.method, trust=args.trust, **options
+        )
+    else:
+        method = load_method(card, args.method, device="cpu", trust=args.trust)
     quiet = args.json or args.quiet
     progress = _ProgressPrinter(not quiet)
     with warnings.catch_warnings(record=True) as caught:
@@ -238,7 +277,9 @@ def run(args: argparse.Namespace) -> int:
         for w in caught:
             if issubclass(w.category, (RuntimeWarning, UserWarning)):
                 print(f"probseg predict: warning: {w.message}", file=sys.stderr)
-    summary = engine.summarize(result, reference=engine.card_reference(card))
+    summary = engine.summarize(
+        result, reference=engine.card_reference(getattr(method, "card", None))
+    )
     summary = {"image": source, "out": str(args.out), **summary}
     engine.save_result(
         result,

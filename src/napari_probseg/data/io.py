@@ -1,4 +1,4 @@
-"""Read 2D/3D images (TIFF, NumPy, NIfTI) with their pixel spacing, and validate them.
+"""Read 2D/3D images (TIFF, NumPy, NIfTI, PNG/JPEG) with their pixel spacing, and validate them.
 
 Every reader returns an `ImageData` whose ``data`` has the spatial axes in (plane, row, column)
 order, i.e. ``(Z, Y, X)`` or ``(Y, X)``, with an optional channel axis first (``axes`` says which),
@@ -24,7 +24,10 @@ __all__ = [
 ]
 
 #: File name endings this module reads (lower case; matched case-insensitively).
-SUPPORTED_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".npy", ".nii", ".nii.gz")
+SUPPORTED_SUFFIXES: tuple[str, ...] = (
+    ".tif", ".tiff", ".npy", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg",
+)  # fmt: skip
+_PICTURES = (".png", ".jpg", ".jpeg")
 
 
 class ImageReadError(ValueError):
@@ -105,6 +108,8 @@ def read_image(path: str | Path) -> ImageData:
           unit), plane from the ImageJ ``spacing`` or OME ``PhysicalSizeZ``; OME physical sizes
           win when present.
         - NumPy: the array as saved; 4D arrays are taken as ``(C, Z, Y, X)``; scale 1.
+        - PNG / JPEG: 2D pictures; grayscale ``(Y, X)``, colour ``(C, Y, X)`` (RGB[A] samples as
+          channels); scale 1 (pixels: the formats carry no physical size).
         - NIfTI: nibabel's voxel array ``(x, y, z[, t])`` transposed to ``(z, y, x)`` (and
           ``(t, z, y, x)``, with ``t`` read as the channel axis); the scale is the header zooms in
           the same, reversed, order. A single-slice volume becomes 2D ``(y, x)``. The voxel order is
@@ -128,7 +133,7 @@ def read_image(path: str | Path) -> ImageData:
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: the file is empty (0 bytes)")
     reader = {".npy": _read_npy, ".nii": _read_nifti, ".nii.gz": _read_nifti}.get(
-        suffix, _read_tiff
+        suffix, _read_picture if suffix in _PICTURES else _read_tiff
     )
     try:
         data, scale, axes, metadata = reader(path)
@@ -136,6 +141,7 @@ def read_image(path: str | Path) -> ImageData:
         raise
     except Exception as exc:  # the libraries raise many types for corrupt files
         kind = {".npy": "NumPy", ".nii": "NIfTI", ".nii.gz": "NIfTI"}.get(suffix, "TIFF")
+        kind = suffix.lstrip(".").upper() if suffix in _PICTURES else kind
         raise ImageReadError(
             f"{path}: cannot read as a {kind} file ({type(exc).__name__}: {exc})"
         ) from exc
@@ -152,6 +158,19 @@ def read_image(path: str | Path) -> ImageData:
         axes=axes,
         metadata=metadata,
     )
+
+
+def _read_picture(path: Path) -> tuple[np.ndarray, list[float], str, dict[str, Any]]:
+    import imageio.v3 as iio
+
+    data = np.asarray(iio.imread(path))
+    if data.ndim == 3 and data.shape[-1] in (3, 4):
+        return np.ascontiguousarray(np.moveaxis(data, -1, 0)), [1.0, 1.0], "CYX", {"unit": "pixel"}
+    if data.ndim == 3 and data.shape[-1] in (1, 2):  # gray (+ alpha): keep the gray values
+        data = data[..., 0]
+    if data.ndim != 2:
+        raise ImageReadError(f"{path}: expected a 2D picture, got shape {data.shape}")
+    return data, [1.0, 1.0], "YX", {"unit": "pixel"}
 
 
 def _read_npy(path: Path) -> tuple[np.ndarray, list[float], str, dict[str, Any]]:

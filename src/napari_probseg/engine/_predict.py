@@ -135,6 +135,11 @@ def predict(
         estimated memory exceeds what is available even slab by slab; the message gives both.
     """
     check_cancel = cancel_checker(cancel)
+    if getattr(method, "whole_image", False):  # nnU-Net, MONAI bundle: models/protocol.py
+        from napari_probseg.engine._external import predict_whole_image
+
+        return predict_whole_image(image, method, n_samples=n_samples, seed=seed, device=device,
+                                   scale=scale, check_cancel=check_cancel, keep_samples=keep_samples)  # fmt: skip
     n_req = check_positive_int(n_samples, "n_samples")
     if output is not None:
         from pathlib import Path

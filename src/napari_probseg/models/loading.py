@@ -39,7 +39,6 @@ from napari_probseg.models.registry import bundled_models
 __all__ = [
     "build_method",
     "load_method",
-    "load_model",
     "load_network",
     "load_state_dict",
     "resolve_card",
@@ -172,14 +171,6 @@ def load_network(
     return net.eval().to(device)
 
 
-def load_model(
-    card_or_path: ModelCard | str | Path, *, trust: bool = False, device: str | torch.device = "cpu"
-) -> tuple[ModelCard, nn.Module]:
-    """Return ``(card, network)`` for a card, bundled name or card path."""
-    card = resolve_card(card_or_path)
-    return card, load_network(card, device=device, trust=trust)
-
-
 def build_method(card: ModelCard, network: nn.Module, method: str | None = None) -> Method:
     """Wrap a loaded network into the sampling method ``method`` (default: the card's default).
 
@@ -242,7 +233,7 @@ def build_method(card: ModelCard, network: nn.Module, method: str | None = None)
 
 
 def load_method(
-    card_or_name_or_path: ModelCard | str | Path,
+    card_or_name_or_path: ModelCard | str | Path | list[str | Path],
     method: str | None = None,
     *,
     device: str | torch.device = "cpu",
@@ -252,8 +243,10 @@ def load_method(
 
     Parameters
     ----------
-    card_or_name_or_path : ModelCard, str or Path
-        A card, the name of a bundled model (`bundled_models`) or the path of a card file.
+    card_or_name_or_path : ModelCard, str, Path or list of paths
+        A card, the name of a bundled model (`bundled_models`) or the path of a card file; or a
+        model folder: an nnU-Net v2 trained-model folder or MONAI bundle directory (a list: several
+        bundles as one ensemble), see `napari_probseg.models.adapters.load_folder_method`.
     method : str, optional
         ``"softmax"``, ``"mc_dropout"``, ``"ensemble"``, ``"tta"``, ``"ssn"``, ``"prob_unet"``,
         ``"laplace"`` or ``"tta+<inner>"``; default: the card's ``default_method``.
@@ -266,6 +259,12 @@ def load_method(
     Method
         With ``method.card`` set.
     """
+    if isinstance(card_or_name_or_path, list | tuple) or (
+        isinstance(card_or_name_or_path, str | Path) and Path(card_or_name_or_path).is_dir()
+    ):  # models users bring (nnU-Net, MONAI bundles): models/adapters
+        from napari_probseg.models.adapters import load_folder_method
+
+        return load_folder_method(card_or_name_or_path, method, device=device, trust=trust)
     card = resolve_card(card_or_name_or_path)
     name = method or card.default_method
     if name not in card.available_methods and name != "tta+softmax":
