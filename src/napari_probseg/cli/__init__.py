@@ -22,6 +22,8 @@ SUBCOMMAND_MODULES = (
     "_train",
     "_export",
     "_evaluate",
+    "_rank",
+    "_al",
 )
 
 

@@ -56,6 +56,7 @@ from napari_probseg.store._meta import (
     zarr_children,
 )
 from napari_probseg.store._predictions import PredictionsMixin
+from napari_probseg.store._rankings import RankingsMixin
 from napari_probseg.store._verify import VerifyMixin
 
 MODES = ("r", "r+")
@@ -84,7 +85,7 @@ def present_labels(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(v) for v in np.unique(mask))
 
 
-class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin):
+class ProjectStore(LabelsMixin, DraftsMixin, PredictionsMixin, VerifyMixin, RankingsMixin):
     """A multi-rater annotation project: a zarr v3 / OME-Zarr 0.5 directory (see the package docs).
 
     Use :meth:`create` or :meth:`open`; do not call the constructor directly.

@@ -1,0 +1,109 @@
+"""Active-learning worklist panel in a real viewer on a real store: rank, open next, save and move
+on, retrain from the store, re-rank with the new card -- all in workers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# torch's optimizers import torch._dynamo -> triton on first use; loading triton's bundled LLVM
+# after the viewer's software OpenGL (Mesa llvmpipe under Xvfb) has loaded its own LLVM segfaults.
+# Importing it before any viewer exists avoids the clash (see the report on issue 11).
+import torch._dynamo  # noqa: F401
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.timeout(300)
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from model_helpers import tiny_card  # noqa: E402
+from napari_probseg._napari._worklist_widget import WorklistWidget  # noqa: E402
+from napari_probseg.active.worklist import next_image, worklist_rows  # noqa: E402
+from napari_probseg.store import ProjectStore  # noqa: E402
+
+
+def _store(path, n=4):
+    from napari_probseg.data.synthetic import make_lesions
+
+    store = ProjectStore.create(path, class_names=["background", "lesion"])
+    data = make_lesions(n, shape=(32, 32), seed=3)
+    for i, image in enumerate(data.images):
+        store.add_image(image, image_id=f"img{i}")
+    return store, data
+
+
+def _wait(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+def test_worklist_rows_and_next_image(tmp_path):
+    store, data = _store(tmp_path / "p.zarr", n=3)
+    store.save_annotation("img1", "bob", data.raters[1, 0], role="expert")
+    record = {
+        "entries": [
+            {"image_id": "img1", "rank": 1, "value": 0.9},
+            {"image_id": "img0", "rank": 2, "value": 0.5},
+        ],
+        "failed": [{"image_id": "img2", "error": "boom"}],
+    }
+    rows = worklist_rows(store, record)
+    assert [(r.image_id, r.rank, r.raters) for r in rows] == [
+        ("img1", 1, ("bob",)),
+        ("img0", 2, ()),
+        ("img2", None, ()),
+    ]
+    assert rows[2].error == "boom"
+    assert next_image(rows) == "img0"  # img1 is annotated, img2 unranked
+    assert next_image(rows, skip=["img0"]) is None
+
+
+def test_worklist_rank_annotate_retrain_rerank(make_napari_viewer, qtbot, tmp_path):
+    store, data = _store(tmp_path / "p.zarr")
+    store.save_annotation("img3", "bob", data.raters[3, 0], role="expert")
+    card = tiny_card(tmp_path / "model", dropout=0.5)
+    viewer = make_napari_viewer()
+    widget = WorklistWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.open_store(tmp_path / "p.zarr") is not None
+    assert widget.record is None and widget.table.rowCount() == 4
+    widget.model_edit.setText(card)
+    widget.method_edit.setText("mc_dropout")
+    widget.samples_spin.setValue(4)
+    widget.workers_spin.setValue(1)
+    widget.processes_check.setChecked(False)
+
+    assert widget.rerank() is not None
+    assert not widget.rank_button.isEnabled()  # busy: the viewer is not blocked, buttons are
+    _wait(qtbot, widget)
+    assert widget.record is not None and len(widget.record["entries"]) == 4
+    assert widget.table.item(0, 0).text() == "1"
+    first_sha = widget.record["config"]["card_sha256"]
+
+    widget.rater_edit.setText("alice")
+    expected = next_image(widget.rows)
+    assert widget.open_next() == expected != "img3"
+    panel = widget.annotation
+    assert panel.image_id == expected and panel.rater == "alice"
+    assert panel.edit_layer is not None
+    panel.edit_layer.data = data.raters[int(expected[-1]), 1].astype(np.uint8)
+    panel.session.dirty = True
+    second = widget.save_and_next()
+    assert store.raters(expected) == ["alice"]
+    assert second is not None and second not in (expected, "img3")
+    assert widget.annotation.image_id == second
+    assert widget.table.item([r.image_id for r in widget.rows].index(expected), 3).text() == "yes"
+
+    widget.epochs_spin.setValue(1)
+    widget.out_edit.setText(str(tmp_path / "models" / "ft1.json"))
+    assert widget.retrain() is not None
+    _wait(qtbot, widget)
+    assert widget.last_card == str(tmp_path / "models" / "ft1.json")
+    assert Path(widget.last_card).is_file() and widget.model_edit.text() == widget.last_card
+
+    widget.rerank()
+    _wait(qtbot, widget)
+    assert widget.record["config"]["card_sha256"] != first_sha
+    assert len(store.ranking_ids()) == 2
