@@ -34,6 +34,25 @@ MAP_COLORMAPS = {
     "expected_entropy": "viridis",
 }
 LayerData = tuple[Any, dict, str]
+#: ``metadata["probseg"]["what"]`` of image layers that are inputs a model can run on (a plain
+#: image has no ``probseg`` metadata; an image opened from or added to a store is "store-image");
+#: every other kind is a result (uncertainty map, probability, soft consensus).
+SOURCE_IMAGE_KINDS = (None, "store-image")
+
+
+def is_source_image(layer: Any) -> bool:
+    """Whether ``layer`` is a grey image a model can run on, not a map a run or panel produced.
+
+    Parameters
+    ----------
+    layer : napari layer
+        Any layer; only non-RGB Image layers whose ``metadata["probseg"]["what"]`` is absent or
+        ``"store-image"`` qualify.
+    """
+    if getattr(layer, "_type_string", None) != "image" or getattr(layer, "rgb", False):
+        return False
+    meta = layer.metadata.get("probseg") if isinstance(layer.metadata, dict) else None
+    return not isinstance(meta, dict) or meta.get("what") in SOURCE_IMAGE_KINDS
 
 
 @dataclass(frozen=True)

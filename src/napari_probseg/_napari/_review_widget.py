@@ -1,4 +1,4 @@
-"""Review panel: image-level summary, ranked regions (table, n / p keys), highlight share, and
+"""Review panel: image-level summary, ranked regions (table, "." / "," keys), highlight share, and
 "use as annotation".
 
 Thin widget over plain functions: the summary and its sentence come from ``_summary``, navigation
@@ -32,10 +32,13 @@ from qtpy.QtWidgets import (
 
 from napari_probseg._napari._layers import annotation_layer
 from napari_probseg._napari._regions_nav import go_to_region
-from napari_probseg._napari._session import RunRecord, get_session, set_highlight
+from napari_probseg._napari._session import RunRecord, get_session, run_warnings, set_highlight
 from napari_probseg._napari._summary import interpretation_for, summary_rows
 
 _COLUMNS = ("rank", "score", "size", "term")
+#: Region keys. Not n / p: napari's Labels layer takes "p" (paint mode) while it is active, and an
+#: active layer's keys win over the viewer's; no napari layer binds "." or ",".
+NEXT_KEY, PREVIOUS_KEY = ".", ","
 
 
 class ReviewWidget(QWidget):
@@ -58,6 +61,10 @@ class ReviewWidget(QWidget):
         self.sentence = QLabel("")
         self.sentence.setWordWrap(True)
         self.sentence.setStyleSheet("font-weight: bold;")
+        self.warnings_label = QLabel("")
+        self.warnings_label.setWordWrap(True)
+        self.warnings_label.setStyleSheet("color: #ffb300;")
+        self.warnings_label.setVisible(False)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.TextFormat.RichText)
@@ -77,9 +84,12 @@ class ReviewWidget(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setVisible(False)
-        self.table.setToolTip("Most uncertain regions; select a row, or press n / p in the viewer")
-        self.prev_button = QPushButton("◀ previous (p)")
-        self.next_button = QPushButton("next (n) ▶")
+        self.table.setToolTip(
+            f"Most uncertain regions; select a row, or press {NEXT_KEY} (next) / "
+            f"{PREVIOUS_KEY} (previous) in the viewer, in any layer mode"
+        )
+        self.prev_button = QPushButton(f"◀ previous ({PREVIOUS_KEY})")
+        self.next_button = QPushButton(f"next ({NEXT_KEY}) ▶")
 
         self.source_combo = QComboBox()
         self.source_combo.setToolTip("Start the correction from this mask")
@@ -91,6 +101,7 @@ class ReviewWidget(QWidget):
         cv = QVBoxLayout(content)
         cv.setContentsMargins(0, 0, 0, 0)
         cv.addWidget(self.title)
+        cv.addWidget(self.warnings_label)
         cv.addWidget(self.sentence)
         cv.addWidget(self.summary)
         cv.addStretch(1)
@@ -124,8 +135,8 @@ class ReviewWidget(QWidget):
         self.next_button.clicked.connect(self.next_region)
         self.quantile_spin.editingFinished.connect(self._on_quantile)
         self.annotate_button.clicked.connect(lambda: self.use_as_annotation())
-        self.viewer.bind_key("n", self._key_next, overwrite=True)
-        self.viewer.bind_key("p", self._key_previous, overwrite=True)
+        self.viewer.bind_key(NEXT_KEY, self._key_next, overwrite=True)
+        self.viewer.bind_key(PREVIOUS_KEY, self._key_previous, overwrite=True)
         session = get_session(self.viewer)
         session.changed.connect(self.show_record)
         if session.current is not None:
@@ -141,6 +152,9 @@ class ReviewWidget(QWidget):
             f"<b>{html.escape(record.image_name)}</b>: {html.escape(res.method)}, "
             f"N = {res.n_samples}, seed {record.output.request.seed}"
         )
+        warnings = run_warnings(res)
+        self.warnings_label.setText("\n".join(f"⚠ {w}" for w in warnings))
+        self.warnings_label.setVisible(bool(warnings))
         self.sentence.setText(interpretation_for(res).sentence)
         rows = "".join(
             f"<tr><td>{html.escape(k)}</td><td align='right'>&nbsp;{html.escape(v)}</td></tr>"
@@ -238,6 +252,15 @@ class ReviewWidget(QWidget):
         except ValueError as exc:
             show_error(f"probseg: {exc}")
             return None
+        # Who and which store image it is for: blind mode hides it from the next rater.
+        meta = kwargs["metadata"]["probseg"]
+        image_meta = self.record.image_layer.metadata.get("probseg") or {}
+        for key in ("store", "image_id"):
+            if image_meta.get(key) is not None:
+                meta[key] = image_meta[key]
+        rater = get_session(self.viewer).rater
+        if rater is not None:
+            meta["rater"] = rater
         layer = Layer.create(data, kwargs, kind)
         self.viewer.layers.append(layer)
         self.viewer.layers.selection.active = layer

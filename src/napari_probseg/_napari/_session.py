@@ -16,8 +16,8 @@ from psygnal import Signal
 from napari_probseg._napari._layers import create_layer, highlight_mask, layer_name
 from napari_probseg._napari._runner import RunOutput
 
-#: Layers a new run of the same image replaces (the user's annotation layers are never touched).
-_REPLACED = "annotation"
+#: Layers a new run of the same image never replaces: the users' annotation and edit layers.
+_KEPT = ("annotation", "store-edit")
 
 
 @dataclass
@@ -56,13 +56,27 @@ class RunRecord:
 
 
 class Session:
-    """Finished runs of one viewer, newest last."""
+    """What the panels of one viewer share: its finished runs (newest last) and the open store.
+
+    Panels observe :attr:`changed` (a run landed) and :attr:`store_changed` (a project store was
+    opened or closed) instead of looking for each other.
+    """
 
     changed = Signal(object)
+    store_changed = Signal(object)
 
     def __init__(self) -> None:
         self.records: dict[str, RunRecord] = {}
         self.current: RunRecord | None = None
+        self.store: Any = None
+        #: The rater signed in on the annotation panel (None: nobody).
+        self.rater: str | None = None
+
+    def set_store(self, store: Any) -> None:
+        """Make ``store`` (a ``ProjectStore`` or None) the viewer's open store; emit if changed."""
+        if store is not self.store:
+            self.store = store
+            self.store_changed.emit(store)
 
     def add(self, record: RunRecord) -> None:
         """Store ``record`` as the current run of its image and emit :attr:`changed`."""
@@ -80,6 +94,16 @@ def get_session(viewer: Any) -> Session:
     if session is None:
         session = _SESSIONS[viewer] = Session()
     return session
+
+
+def run_warnings(result: Any) -> list[str]:
+    """The warnings the engine recorded for a run (spacing, out of domain...), deduplicated."""
+    prov = getattr(result, "provenance", None) or {}
+    found = list(prov.get("warnings") or [])
+    domain = prov.get("domain")
+    if isinstance(domain, dict):
+        found += list(domain.get("warnings") or [])
+    return list(dict.fromkeys(str(w) for w in found if str(w).strip()))
 
 
 def is_stale(image_layer: Any, result: Any) -> bool:
@@ -108,6 +132,11 @@ def _check_landing(viewer: Any, output: RunOutput, image_layer: Any) -> bool:
 
 
 def _finish(viewer: Any, record: RunRecord) -> RunRecord:
+    from napari.utils.notifications import show_warning
+
+    warnings = run_warnings(record.result)
+    if warnings:  # spacing, out of domain...: every surface says it, not only the CLI
+        show_warning(f"probseg: {record.image_name}: " + " | ".join(warnings))
     if "regions" in record.layers:
         record.regions = record.layers["regions"].metadata["probseg"]["regions"]
     if record.image_layer in viewer.layers:
@@ -176,7 +205,7 @@ def remove_run_layers(viewer: Any, image_name: str) -> None:
     old = []
     for layer in list(viewer.layers):
         meta = layer.metadata.get("probseg") if isinstance(layer.metadata, dict) else None
-        if meta and meta.get("image") == image_name and meta.get("what") != _REPLACED:
+        if meta and meta.get("image") == image_name and meta.get("what") not in _KEPT:
             old.append(layer)
     if not old:
         return
