@@ -245,3 +245,19 @@ def test_demo_opens_panels_and_lands_a_run(make_napari_viewer, qtbot, cards):
     assert "lesions 2d · hypotheses (N=2)" in _names(viewer)
     docks = set(viewer.window.dock_widgets)
     assert {"Run probabilistic segmentation", "Review uncertainty"} <= docks
+
+
+def test_run_panel_defaults_to_a_model_of_the_image_dimensionality(make_napari_viewer, cards):
+    viewer = make_napari_viewer()
+    widget = RunWidget(viewer)
+    assert widget.add_model_card(cards["plain2d"])
+    assert widget.add_model_card(cards["plain3d"])
+    widget.model_combo.setCurrentIndex(
+        next(i for i, c in enumerate(widget._models) if c.spatial_dims == 2)
+    )
+    viewer.add_image(_image(3), name="vol")
+    assert widget.image_combo.currentText() == "vol"
+    assert widget.current_model().spatial_dims == 3
+    viewer.add_image(_image(2), name="slice")
+    widget.image_combo.setCurrentText("slice")
+    assert widget.current_model().spatial_dims == 2

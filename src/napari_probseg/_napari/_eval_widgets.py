@@ -326,9 +326,12 @@ class ConformalWidget(_Panel):
                 self.notify(f"no calibration data: {NO_RATERS} (or calibrate on other images)")
                 return None
             exclude = [model._probseg_meta(layer).get("image_id", layer.name)]
+            signature = record.result.input_signature
 
             def job() -> Any:
-                pairs, ids = observer.store_conformal_pairs(store, exclude=exclude)
+                pairs, ids = observer.store_conformal_pairs(
+                    store, exclude=exclude, exclude_signatures=[signature]
+                )
                 where = f"store {store.path}: {', '.join(ids[:5])}{' …' * (len(ids) > 5)}"
                 return observer.conformal_report(
                     pairs, probs, alpha=alpha, calibration_from=where, heldout=heldout,
