@@ -118,12 +118,12 @@ def test_accepted_hypothesis_records_its_source_run(make_napari_viewer, tmp_path
     _image, result = _land_run(viewer)
     review = ReviewWidget(viewer)
     hyp = review.use_as_annotation(("sample", 6))
-    assert hyp.name == "img · annotation"
+    assert hyp.name == "annotation"
     panel = AnnotationWidget(viewer)
     panel.open_store(tmp_path / "p.zarr")
     panel.add_image_layer(layer=viewer.layers["img"])
     panel.set_rater("carol", "expert")
-    assert panel.start_combo.findText("img · annotation (sample 6)") >= 0
+    assert panel.start_combo.findText("annotation (sample 6)") >= 0
     layer = panel.start_editing("hypothesis")
     assert layer is hyp  # the review panel's layer is edited in place
     layer.mode = "paint"

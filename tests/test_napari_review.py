@@ -74,7 +74,7 @@ def test_selecting_a_row_moves_camera_and_outlines_the_region(make_napari_viewer
     view = region_view(record.regions["bbox"][n - 1], scale=(0.5, 2.0))
     assert np.allclose(viewer.scene.camera.center[-2:], view.center)
     assert viewer.scene.camera.zoom == pytest.approx(view.zoom(tuple(viewer.canvas.size)))
-    outline = viewer.layers["img · current region"]
+    outline = viewer.layers["current region"]
     assert outline.metadata["probseg"]["rank"] == n
     assert len(outline.data[0]) == 4
     lo, hi = outline.data[0].min(0), outline.data[0].max(0)
@@ -126,7 +126,7 @@ def test_region_keys_in_the_3d_view(make_napari_viewer):
     widget.next_region()  # ...moved in the 3D view (napari raised a concatenation error)
     widget.previous_region()
     assert widget.current_index == 0
-    outline = viewer.layers["img · current region"]
+    outline = viewer.layers["current region"]
     assert outline.ndim == 3 and len(outline.data) == 1
     z = round(record.regions["centroid"][0][0])
     assert np.allclose(outline.data[0][:, 0], z)
@@ -168,7 +168,7 @@ def test_3d_navigation_sets_the_plane(make_napari_viewer):
     z = round(record.regions["centroid"][0][0])
     plane_axis = viewer.dims.ndim - 3  # after the sample axis
     assert viewer.dims.point[plane_axis] == pytest.approx(2.0 * z)
-    outline = viewer.layers["img · current region"]
+    outline = viewer.layers["current region"]
     assert outline.ndim == 3 and np.allclose(outline.data[0][:, 0], z)
 
 
@@ -181,7 +181,7 @@ def test_highlight_share_updates_the_layer(make_napari_viewer):
     widget.quantile_spin.setValue(2.0)
     widget._on_quantile()
     assert int(layer.data.sum()) < before
-    assert layer.name == "img · most uncertain 2% (predictive entropy)"
+    assert layer.name == "most uncertain 2% (predictive entropy)"
     assert layer.metadata["probseg"]["quantile"] == pytest.approx(0.02)
 
 
@@ -193,7 +193,7 @@ def test_use_as_annotation_from_hypothesis_and_sample(make_napari_viewer):
     assert labels[:3] == ["consensus", "hypothesis 1 (75%)", "hypothesis 2 (25%)"]
     assert "sample 7" in labels
     layer = widget.use_as_annotation(("hypothesis", 2))
-    assert layer.name == "img · annotation" and layer.editable and layer.mode == "paint"
+    assert layer.name == "annotation" and layer.editable and layer.mode == "paint"
     assert np.array_equal(layer.data, record.layers["hypothesis:2"].data)
     meta = layer.metadata["probseg"]
     assert meta["origin"] == "hypothesis 2" and meta["input_signature"]

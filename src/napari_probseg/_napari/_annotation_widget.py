@@ -55,6 +55,7 @@ from napari_probseg._napari._annotation_model import (
     visible_raters,
 )
 from napari_probseg._napari._layers import SEP, is_source_image
+from napari_probseg._napari._scroll import scroll_layout
 from napari_probseg._napari._session import get_session
 from napari_probseg._napari._store_reader import (
     agreement_layer_data,
@@ -233,7 +234,7 @@ class AnnotationWidget(QWidget):
         al.addWidget(self.agree_button)
         al.addWidget(self.dice_table)
         al.addWidget(self.agree_label)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         for box in (store_box, image_box, rater_box, edit_box, versions_box, agree_box):
             layout.addWidget(box)
         layout.addStretch(1)

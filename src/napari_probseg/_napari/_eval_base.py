@@ -21,13 +21,13 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_probseg._napari import _eval_model as model
 from napari_probseg._napari._choices import describe_error
 from napari_probseg._napari._layers import is_source_image
+from napari_probseg._napari._scroll import scroll_layout
 from napari_probseg._napari._session import get_session
 
 NO_RUN = "run a model on this image first (panel 'Run probabilistic segmentation')"
@@ -103,8 +103,8 @@ class _Panel(QWidget):
         self.result_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.form = QFormLayout()
         self.form.addRow("Image", self.image_combo)
-        self.setLayout(QVBoxLayout())
-        self.layout().addLayout(self.form)
+        self.content = scroll_layout(self)
+        self.content.addLayout(self.form)
         self.image_combo.currentIndexChanged.connect(lambda *_: self._refresh())
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
@@ -226,7 +226,7 @@ class _Panel(QWidget):
             button.clicked.connect(lambda *_, s=slot: s())
             row.addWidget(button)
             out.append(button)
-        self.layout().addLayout(row)
+        self.content.addLayout(row)
         return out
 
 

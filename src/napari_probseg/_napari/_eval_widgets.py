@@ -64,8 +64,8 @@ class CalibrationWidget(_Panel):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(320)
         self.artists: dict[str, Any] = {}
-        self.layout().addWidget(self.result_label)
-        self.layout().addWidget(self.canvas)
+        self.content.addWidget(self.result_label)
+        self.content.addWidget(self.canvas)
         self._add_buttons(
             (
                 "Export figure…",
@@ -73,7 +73,7 @@ class CalibrationWidget(_Panel):
             ),
             ("Export JSON…", lambda: self._export_dialog("JSON (*.json)", self.export_json)),
         )
-        self.layout().addWidget(self.status)
+        self.content.addWidget(self.status)
         self.scope_combo.currentIndexChanged.connect(lambda *_: self._refresh())
         self._refresh_images()
 
@@ -217,8 +217,8 @@ class ObserverWidget(_Panel):
             ("Compute", self.compute),
             ("Export JSON…", lambda: self._export_dialog("JSON (*.json)", self.export_json)),
         )
-        self.layout().addWidget(self.result_label)
-        self.layout().addWidget(self.status)
+        self.content.addWidget(self.result_label)
+        self.content.addWidget(self.status)
         self._refresh_images()
 
     def _refresh(self) -> None:
@@ -282,8 +282,8 @@ class ConformalWidget(_Panel):
             ("Calibrate and draw", self.compute),
             ("Export JSON…", lambda: self._export_dialog("JSON (*.json)", self.export_json)),
         )
-        self.layout().addWidget(self.result_label)
-        self.layout().addWidget(self.status)
+        self.content.addWidget(self.result_label)
+        self.content.addWidget(self.status)
         self.layers: dict[str, Any] = {}
         self._refresh_images()
 

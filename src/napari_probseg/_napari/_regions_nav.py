@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_probseg._napari._layers import layer_name
+from napari_probseg._napari._layers import run_layer_name
 
 #: The region fills this share of the canvas after navigation (context around it stays visible).
 FILL = 0.4
@@ -123,7 +123,7 @@ def _outline(viewer: Any, record: Any, view: RegionView, index: int) -> None:
     from napari.layers import Shapes
 
     placement = record.output.placement
-    name = layer_name(placement.image_name, "current region")
+    name = run_layer_name(placement.image_name, "current region")
     sc = np.asarray(placement.scale, dtype=float)
     tr = np.asarray(placement.translate, dtype=float)
     lo, hi = (view.corners - tr) / sc  # back to data coordinates of the outline layer

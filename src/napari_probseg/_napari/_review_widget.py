@@ -17,22 +17,28 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
-    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_probseg._napari._layers import annotation_layer
+from napari_probseg._napari._layers import annotation_layer, unique_name
 from napari_probseg._napari._regions_nav import go_to_region
-from napari_probseg._napari._session import RunRecord, get_session, run_warnings, set_highlight
+from napari_probseg._napari._run_layers_box import RunLayersBox
+from napari_probseg._napari._scroll import scroll_layout
+from napari_probseg._napari._session import (
+    RunRecord,
+    get_session,
+    run_layer_metadata,
+    run_warnings,
+    set_highlight,
+)
 from napari_probseg._napari._summary import interpretation_for, summary_rows
 
 _COLUMNS = ("rank", "score", "size", "term")
@@ -96,26 +102,18 @@ class ReviewWidget(QWidget):
         self.annotate_button = QPushButton("Use as annotation")
 
         summary_box = QGroupBox("Image-level summary")
-        sv = QVBoxLayout(summary_box)
-        content = QWidget()
-        cv = QVBoxLayout(content)
-        cv.setContentsMargins(0, 0, 0, 0)
+        cv = QVBoxLayout(summary_box)
         cv.addWidget(self.title)
         cv.addWidget(self.warnings_label)
         cv.addWidget(self.sentence)
         cv.addWidget(self.summary)
-        cv.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(content)
-        scroll.setMinimumHeight(220)
-        sv.addWidget(scroll, 1)
+        self.layers_box = RunLayersBox(self.viewer)
         regions_box = QGroupBox("Most uncertain regions")
         rv = QVBoxLayout(regions_box)
         form = QFormLayout()
         form.addRow("highlight top", self.quantile_spin)
         rv.addLayout(form)
+        self.table.setMinimumHeight(120)
         rv.addWidget(self.table)
         nav = QHBoxLayout()
         nav.addWidget(self.prev_button)
@@ -125,10 +123,12 @@ class ReviewWidget(QWidget):
         av = QHBoxLayout(annot_box)
         av.addWidget(self.source_combo, 1)
         av.addWidget(self.annotate_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(summary_box, 1)
-        layout.addWidget(regions_box, 1)
+        layout = scroll_layout(self)
+        layout.addWidget(summary_box)
+        layout.addWidget(regions_box)
         layout.addWidget(annot_box)
+        layout.addWidget(self.layers_box)
+        layout.addStretch(1)
 
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.prev_button.clicked.connect(self.previous_region)
@@ -166,12 +166,14 @@ class ReviewWidget(QWidget):
         self.quantile_spin.blockSignals(False)
         self._fill_table()
         self._fill_sources()
+        self.layers_box.show_record(record)
 
     def _fill_table(self) -> None:
         regions = self.record.regions if self.record else {}
         term = ""
-        if self.record is not None and "regions" in self.record.layers:
-            term = self.record.layers["regions"].metadata["probseg"].get("term", "")
+        if self.record is not None:
+            meta = run_layer_metadata(self.record).get("regions") or {}
+            term = meta.get("term", "")
         self.table.blockSignals(True)
         self.table.setRowCount(len(regions.get("rank", [])))
         for i, rank in enumerate(regions.get("rank", [])):
@@ -185,9 +187,12 @@ class ReviewWidget(QWidget):
         if self.record is None:
             return
         self.source_combo.addItem("consensus", ("consensus", None))
-        for what, layer in self.record.layers.items():
+        for what, meta in run_layer_metadata(self.record).items():
             if what.startswith("hypothesis:"):
-                label = layer.name.split(" · ", 1)[-1]
+                share = meta.get("share")
+                label = f"hypothesis {what.split(':')[1]}" + (
+                    f" ({100 * share:.0f}%)" if share is not None else ""
+                )
                 self.source_combo.addItem(label, ("hypothesis", int(what.split(":")[1])))
         for i in range(self.record.result.n_samples):
             self.source_combo.addItem(f"sample {i}", ("sample", i))
@@ -261,6 +266,9 @@ class ReviewWidget(QWidget):
         rater = get_session(self.viewer).rater
         if rater is not None:
             meta["rater"] = rater
+        kwargs["name"] = unique_name(
+            kwargs["name"], self.record.image_name, {lay.name for lay in self.viewer.layers}
+        )
         layer = Layer.create(data, kwargs, kind)
         self.viewer.layers.append(layer)
         self.viewer.layers.selection.active = layer

@@ -22,7 +22,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -36,6 +35,7 @@ from napari_probseg._napari._choices import (
 )
 from napari_probseg._napari._layers import Placement, create_layer, is_source_image
 from napari_probseg._napari._runner import RunRequest, run_job
+from napari_probseg._napari._scroll import scroll_layout
 from napari_probseg._napari._session import land_stepwise, run_warnings
 
 #: Resolution of the napari progress bar (it counts thousandths of the engine's fraction).
@@ -131,7 +131,7 @@ class RunWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
