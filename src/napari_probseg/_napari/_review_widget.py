@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -101,6 +102,10 @@ class ReviewWidget(QWidget):
         self.source_combo.setToolTip("Start the correction from this mask")
         self.annotate_button = QPushButton("Use as annotation")
 
+        for label in (self.title, self.sentence, self.summary, self.warnings_label):
+            # Take the panel's width and wrap, instead of widening the panel past the screen.
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            label.setMinimumWidth(0)
         summary_box = QGroupBox("Image-level summary")
         cv = QVBoxLayout(summary_box)
         cv.addWidget(self.title)
@@ -160,7 +165,7 @@ class ReviewWidget(QWidget):
             f"<tr><td>{html.escape(k)}</td><td align='right'>&nbsp;{html.escape(v)}</td></tr>"
             for k, v in summary_rows(res)
         )
-        self.summary.setText(f"<table>{rows}</table>")
+        self.summary.setText(f"<table width='100%'>{rows}</table>")
         self.quantile_spin.blockSignals(True)
         self.quantile_spin.setValue(100 * record.quantile)
         self.quantile_spin.blockSignals(False)

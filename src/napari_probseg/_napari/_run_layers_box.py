@@ -138,16 +138,17 @@ class RunLayersBox(QGroupBox):
             bar = QLabel()
             bar.setPixmap(colorbar_pixmap(colormap))
             units = metas[what].get("units") or "nats"
-            self.legend_grid.addWidget(QLabel(html.escape(name)), row, 0)
-            self.legend_grid.addWidget(bar, row, 1)
-            self.legend_grid.addWidget(QLabel(map_legend_text(n_classes, units)), row, 2)
-            row += 1
+            # Name on its own row, bar and range below: fits a narrow panel.
+            self.legend_grid.addWidget(QLabel(html.escape(name)), row, 0, 1, 2)
+            self.legend_grid.addWidget(bar, row + 1, 0)
+            self.legend_grid.addWidget(QLabel(map_legend_text(n_classes, units)), row + 1, 1)
+            row += 2
         if "mean_probability" in metas:
             bar = QLabel()
             bar.setPixmap(colorbar_pixmap("viridis"))
-            self.legend_grid.addWidget(QLabel("foreground probability"), row, 0)
-            self.legend_grid.addWidget(bar, row, 1)
-            self.legend_grid.addWidget(QLabel("0 – 1"), row, 2)
+            self.legend_grid.addWidget(QLabel("foreground probability"), row, 0, 1, 2)
+            self.legend_grid.addWidget(bar, row + 1, 0)
+            self.legend_grid.addWidget(QLabel("0 – 1 (no units)"), row + 1, 1)
 
     def legend_texts(self) -> list[str]:
         """The legend's text cells, row by row (for tests and reports)."""

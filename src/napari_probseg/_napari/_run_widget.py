@@ -35,7 +35,7 @@ from napari_probseg._napari._choices import (
 )
 from napari_probseg._napari._layers import Placement, create_layer, is_source_image
 from napari_probseg._napari._runner import RunRequest, run_job
-from napari_probseg._napari._scroll import scroll_layout
+from napari_probseg._napari._scroll import content_height, scroll_layout
 from napari_probseg._napari._session import land_stepwise, run_warnings
 
 #: Resolution of the napari progress bar (it counts thousandths of the engine's fraction).
@@ -137,6 +137,8 @@ class RunWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
 
+        # Compact: the panel takes the height of its form, the review panel below it the rest.
+        self.setMaximumHeight(content_height(self) + 60)
         self._set_models(bundled_choices())
         self.model_combo.activated.connect(self._on_model_activated)
         self.model_combo.currentIndexChanged.connect(self._refresh_methods)

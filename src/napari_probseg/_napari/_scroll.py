@@ -7,8 +7,12 @@ from typing import Any
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
+#: Narrowest panel (napari gives a dock its widget's minimum width): rows of buttons and tables
+#: stay readable without sideways scrolling.
+MIN_WIDTH = 360
 
-def scroll_layout(widget: QWidget, *, min_width: int = 0) -> QVBoxLayout:
+
+def scroll_layout(widget: QWidget, *, min_width: int = MIN_WIDTH) -> QVBoxLayout:
     """Give ``widget`` a vertical scroll area and return the layout of its content.
 
     The panel then asks napari for little height (its dock can be shorter than its content);
@@ -19,10 +23,10 @@ def scroll_layout(widget: QWidget, *, min_width: int = 0) -> QVBoxLayout:
     area = QScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    # As needed: a panel narrower than its content scrolls sideways rather than cutting it off.
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     content = QWidget()
-    if min_width:
-        content.setMinimumWidth(min_width)
+    area.setMinimumWidth(min_width + area.verticalScrollBar().sizeHint().width() + 4)
     area.setWidget(content)
     outer.addWidget(area)
     widget.scroll_area = area  # for tests and screenshots

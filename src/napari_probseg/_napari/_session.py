@@ -11,13 +11,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from psygnal import Signal
 
-from napari_probseg._napari._layers import create_layer, highlight_mask, run_layer_name, unique_name
+from napari_probseg._napari._layers import (
+    CONTOUR_COLOR as CONTOUR_RGBA,
+)
+from napari_probseg._napari._layers import (
+    create_layer,
+    highlight_mask,
+    run_layer_name,
+    unique_name,
+)
 from napari_probseg._napari._runner import RunOutput
 
 #: Layers a new run of the same image never replaces: the users' annotation and edit layers.
 _KEPT = ("annotation", "store-edit")
+#: Most contour paths re-added to the existing Shapes layer on a re-run (see ``_updatable``).
+MAX_PATHS_IN_PLACE = 150
 
 
 @dataclass
@@ -199,10 +210,16 @@ def land(viewer: Any, output: RunOutput, image_layer: Any) -> RunRecord | None:
 def _updatable(old: Any, item: Any) -> bool:
     """Whether ``old`` can take the new layer's data in place (no new controls or GPU visual).
 
-    Images and labels can; Shapes and Points are replaced by the layer built in the worker (their
-    meshes were computed there; assigning ``data`` would recompute them on the GUI thread).
+    Images and labels can, and the contour paths (re-added to the same Shapes layer: replacing
+    the layer would make napari run a full ``gc.collect()``, over a second with torch loaded);
+    the regions (rectangles, points) are replaced by the layer built in the worker.
     """
     kind = item[2] if isinstance(item, tuple) else item._type_string
+    if kind == "shapes" and old._type_string == "shapes":
+        # Paths are cleared and re-added in place; that recomputes their meshes on the GUI
+        # thread, cheaper than the gc.collect() of a replacement only for a few paths.
+        n_paths = len(item[0]) if isinstance(item, tuple) else item.nshapes
+        return item_what(item) == "contours" and n_paths <= MAX_PATHS_IN_PLACE
     return kind in ("image", "labels") and old._type_string == kind
 
 
@@ -214,7 +231,19 @@ def _update_in_place(viewer: Any, old: Any, item: Any) -> Any:
     else:
         data = item.data
         get = lambda key, default=None: getattr(item, key, default)  # noqa: E731
-    old.data = data
+    if old._type_string == "shapes":
+        paths = list(data) if isinstance(item, tuple) else [np.asarray(d) for d in item.data]
+        edge = np.asarray(get("edge_width"), dtype=float).ravel()
+        old.data = []
+        if paths:
+            old.add_paths(
+                paths, edge_width=float(edge[0]) if edge.size else 1.0, edge_color=CONTOUR_RGBA
+            )
+        features = get("features")
+        if features is not None and len(paths):
+            old.features = features
+    else:
+        old.data = data
     old.metadata = dict(get("metadata"))
     image = (old.metadata.get("probseg") or {}).get("image", "")
     taken = {lay.name for lay in viewer.layers if lay is not old}
@@ -245,20 +274,29 @@ class _Landing:
                 self.steps.append(("add", None, item))
             else:
                 record.pending[what] = item  # hidden: created when first shown
-        self.leftovers = list(old.values())
+        # Layers of the earlier run this one does not have: hidden now, removed in one batch
+        # once the run has landed (each removal makes napari run a full gc.collect()). The
+        # "current region" outline is kept (hidden) for the next navigation.
+        self.leftovers = [lay for lay in old.values() if item_what(lay) != "current_region"]
+        for layer in old.values():
+            layer.visible = False
 
     def start(self) -> None:
-        if self.leftovers:  # layers of the earlier run this one does not have
-            with self.viewer.layers.batched_update():
-                for layer in self.leftovers:
-                    self.viewer.layers.remove(layer)
         self.step()
+
+    def _remove_leftovers(self) -> None:
+        alive = [lay for lay in self.leftovers if lay in self.viewer.layers]
+        if alive:
+            with self.viewer.layers.batched_update():
+                for layer in alive:
+                    self.viewer.layers.remove(layer)
 
     def step(self) -> None:
         from napari.utils.notifications import show_error
         from qtpy.QtCore import QTimer
 
         if not self.steps:
+            self._remove_leftovers()
             self.done(_finish(self.viewer, self.record))
             return
         action, old, item = self.steps.pop(0)
