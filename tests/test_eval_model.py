@@ -199,6 +199,17 @@ def test_store_conformal_pairs_excludes_current(store):
     np.testing.assert_array_equal(pairs[0][1], _box(6, 16))
 
 
+def test_store_conformal_pairs_excludes_the_current_image_by_signature(store):
+    from napari_probseg.engine import image_signature
+
+    # The current image under another name (a viewer layer not opened from the store).
+    current = image_signature(np.asarray(store.read_image("b")[0]))
+    pairs, ids = eo.store_conformal_pairs(
+        store, exclude=["not-in-store"], exclude_signatures=[current]
+    )
+    assert ids == ["a"]
+
+
 def test_rater_layers_pick_labels_of_the_image():
     from napari.layers import Image, Labels
 

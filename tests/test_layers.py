@@ -14,7 +14,6 @@ from napari_probseg._napari._layers import (
     annotation_layer,
     contour_paths,
     highlight_mask,
-    layer_name,
     prediction_layers,
     sample_contours,
 )
@@ -52,6 +51,27 @@ def test_contour_paths_of_a_square_closes_at_the_border():
     assert contour_paths(np.zeros((5, 5))) == []
 
 
+def test_sample_contours_are_capped_per_mask_and_in_total():
+    rng = np.random.default_rng(0)
+    specks = np.zeros((6, 4, 40, 40), np.uint8)
+    specks[:, :, 10:20, 10:20] = 1  # one real boundary per sample and plane...
+    noise = rng.random(specks.shape) < 0.02
+    specks[noise & (np.indices(specks.shape)[2] > 24)] = 1  # ...and many noise specks
+    big = np.zeros((6, 4, 40, 40), np.uint8)
+    big[..., 25:28, 25:28] = 1
+    big[..., 30:33, 2:5] = 1
+    paths, owner = sample_contours(np.maximum(specks, big), max_per_mask=2, min_vertices=1)
+    assert len(paths) <= 6 * 4 * 2
+    per_mask = np.unique(
+        np.stack([owner, [int(p[0, 0]) for p in paths]], 1), axis=0, return_counts=True
+    )[1]
+    assert per_mask.max() <= 2
+    longest = max(len(p) for p in paths)
+    assert longest >= 36  # the 10 x 10 square's boundary is kept
+    paths, _ = sample_contours(np.maximum(specks, big), max_paths=10, min_vertices=1)
+    assert len(paths) <= 10
+
+
 def test_sample_contours_3d_carry_their_plane():
     samples = np.zeros((2, 3, 8, 8), np.uint8)
     samples[0, 1, 2:5, 2:5] = 1
@@ -74,15 +94,16 @@ def test_layers_names_meanings_visibility_and_scale(source, method, mi_name):
     placement = Placement("img", (0.5, 0.7), (3.0, -1.0))
     layers = prediction_layers(result, placement, quantile=0.05)
     names = [kw["name"] for _, kw, _ in layers]
-    assert all(n.startswith("img · ") for n in names)
-    assert f"img · {mi_name}" in names
-    assert "img · predictive entropy" in names
+    assert not any("img" in n for n in names)  # short names; the image is in the metadata
+    assert max(len(n) for n in names) <= 60
+    assert mi_name in names
+    assert "predictive entropy" in names
     ee = "remainder" if source == ("latent",) else "aleatoric"
-    assert any(n.startswith(f"img · expected entropy ({ee}") for n in names)
-    assert "img · hypotheses (N=8)" in names
-    assert "img · most uncertain 5% (predictive entropy)" in names
+    assert any(n.startswith(f"expected entropy ({ee}") for n in names)
+    assert "hypotheses (N=8)" in names
+    assert "most uncertain 5% (predictive entropy)" in names
     # Distinct hypotheses: 6 of 8 samples at one position, 2 at the other.
-    assert "img · hypothesis 1 (75%)" in names and "img · hypothesis 2 (25%)" in names
+    assert "hypothesis 1 (75%)" in names and "hypothesis 2 (25%)" in names
     by = _by_what(layers)
     visible = {w for w, (_, kw, _) in by.items() if kw["visible"]}
     assert visible == set(VISIBLE)
@@ -141,7 +162,11 @@ def test_annotation_layer_is_a_copy_with_its_origin():
     placement = Placement("img", (1.0, 1.0))
     record = SimpleNamespace(result=result, output=SimpleNamespace(placement=placement), layers={})
     data, kw, kind = annotation_layer(record, "sample", 7)
-    assert kind == "labels" and kw["name"] == layer_name("img", "annotation")
+    assert (
+        kind == "labels"
+        and kw["name"] == "annotation"
+        and kw["metadata"]["probseg"]["image"] == "img"
+    )
     assert np.array_equal(data, result.samples[7]) and data is not result.samples[7]
     data[:] = 0
     assert result.samples[7].any()  # editing the annotation never touches the run

@@ -118,12 +118,12 @@ def test_accepted_hypothesis_records_its_source_run(make_napari_viewer, tmp_path
     _image, result = _land_run(viewer)
     review = ReviewWidget(viewer)
     hyp = review.use_as_annotation(("sample", 6))
-    assert hyp.name == "img · annotation"
+    assert hyp.name == "annotation"
     panel = AnnotationWidget(viewer)
     panel.open_store(tmp_path / "p.zarr")
     panel.add_image_layer(layer=viewer.layers["img"])
     panel.set_rater("carol", "expert")
-    assert panel.start_combo.findText("img · annotation (sample 6)") >= 0
+    assert panel.start_combo.findText("annotation (sample 6)") >= 0
     layer = panel.start_editing("hypothesis")
     assert layer is hyp  # the review panel's layer is edited in place
     layer.mode = "paint"
@@ -346,3 +346,104 @@ def test_manifest_contributes_the_panel_and_a_store_only_reader(make_napari_view
     store = _store_with(tmp_path, {})
     assert callable(get_store_reader(str(store.path)))
     assert get_store_reader([str(store.path), str(plain)]) is None
+
+
+# --------------------------------------------------------------------------- issue 12 bugs
+
+
+def test_store_images_stay_in_the_run_panel_and_the_label_counts_them(make_napari_viewer, tmp_path):
+    from napari_probseg._napari._run_widget import RunWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 8), np.float32), name="scan")
+    run = RunWidget(viewer)
+    panel = AnnotationWidget(viewer)
+    panel.open_store(tmp_path / "p.zarr")
+    assert "0 image(s)" in panel.store_label.text()
+    assert panel.add_image_layer() == "scan"
+    assert "1 image(s)" in panel.store_label.text()  # not "0 image(s)" any more
+    items = [run.image_combo.itemText(i) for i in range(run.image_combo.count())]
+    assert items == ["scan"]  # "Add current image layer" no longer hides it from the run panel
+    opened = AnnotationWidget(viewer)  # a second store opened from the store: its image too
+    store2 = ProjectStore.create(tmp_path / "q.zarr")
+    store2.add_image(np.ones((6, 6), np.float32), image_id="other", scale=(1.0, 1.0))
+    opened.open_store(tmp_path / "q.zarr")
+    items = [run.image_combo.itemText(i) for i in range(run.image_combo.count())]
+    assert "other" in items
+
+
+def test_blind_second_rater_never_sees_a_mask_made_with_use_as_annotation(
+    make_napari_viewer, tmp_path
+):
+    from napari_probseg._napari._review_widget import ReviewWidget
+
+    viewer = make_napari_viewer()
+    _land_run(viewer)
+    panel = AnnotationWidget(viewer)
+    panel.open_store(tmp_path / "p.zarr")
+    panel.add_image_layer(layer=viewer.layers["img"])
+    panel.set_rater("alice", "expert")
+    review = ReviewWidget(viewer)
+    hyp = review.use_as_annotation(("sample", 6))
+    assert hyp.metadata["probseg"]["rater"] == "alice"
+    assert hyp.metadata["probseg"]["image_id"] == "img"
+    panel.start_editing("hypothesis")
+    hyp.paint((5, 5), 1)
+    assert panel.save().committed
+    panel.set_rater("bob", "expert")  # blind by default
+    assert hyp not in viewer.layers or not hyp.visible
+    visible_masks = [
+        lay for lay in viewer.layers if lay.visible and lay._type_string == "labels" and lay.data.any()
+        and lay.metadata.get("probseg", {}).get("rater") == "alice"
+    ]  # fmt: skip
+    assert visible_masks == []
+
+
+def test_saving_without_changes_adds_no_version(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 2:5] = 1
+    _store_with(tmp_path, {"alice": mask})
+    panel = AnnotationWidget(viewer)
+    panel.open_store(tmp_path / "p.zarr")
+    panel.set_rater("alice", "expert")
+    layer = panel.start_editing("version")
+    assert panel.save() is None
+    assert len(panel.store.history("img", "alice")) == 1
+    assert any("nothing changed" in n for n in _notes("INFO"))
+    layer.paint((6, 6), 1)
+    assert panel.save().version.version == 2
+    assert panel.save() is None  # saved: unchanged again
+    assert len(panel.store.history("img", "alice")) == 2
+
+
+def test_switching_image_mid_edit_leaves_paint_mode_and_keeps_a_draft(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    store = _store_with(tmp_path, {})
+    store.add_image(np.zeros((6, 6), np.float32), image_id="img2", scale=(1.0, 1.0))
+    panel = AnnotationWidget(viewer)
+    panel.open_store(tmp_path / "p.zarr")
+    panel.select_image("img")
+    panel.set_rater("alice", "expert")
+    panel.policy.enabled = False  # even with autosave off, switching keeps the work
+    layer = panel.start_editing("empty")
+    layer.paint((3, 3), 1)
+    panel.select_image("img2")
+    assert layer.mode == "pan_zoom"
+    assert viewer.layers.selection.active is not layer
+    assert "alice" in panel.store.draft_raters("img")
+    assert any("stopped editing" in n and "draft" in n for n in _notes("WARNING"))
+
+
+def test_closing_with_unsaved_edits_says_a_draft_was_kept(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    _store_with(tmp_path, {})
+    panel = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(panel)
+    panel.open_store(tmp_path / "p.zarr")
+    panel.set_rater("alice", "expert")
+    layer = panel.start_editing("empty")
+    layer.paint((3, 3), 1)
+    panel.close()
+    assert "alice" in panel.store.draft_raters("img")
+    assert any("viewer is closing" in n and "draft" in n for n in _notes("WARNING"))

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_probseg.data.io import ImageReadError
 from napari_probseg.data.synthetic import RATER_STYLES, sample_case
 
 PLUGIN = "napari-probseg"
@@ -50,16 +49,40 @@ def test_napari_subpackage_import_is_light():
 
 
 def test_get_reader_declines_what_it_cannot_read(tmp_path):
+    from napari.utils.notifications import notification_manager
+
     from napari_probseg._napari._reader import get_reader
 
-    assert get_reader(str(tmp_path / "a.png")) is None
+    assert get_reader(str(tmp_path / "a.gif")) is None
     assert get_reader(str(tmp_path)) is None
-    assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.png")]) is None
+    assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.gif")]) is None
     assert callable(get_reader(str(tmp_path / "a.nii.gz")))
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti")
-    with pytest.raises(ImageReadError, match=r"broken.nii.gz"):
-        get_reader(str(broken))(str(broken))
+    assert get_reader(str(broken))(str(broken)) == [(None,)]  # no layer, no traceback dialog
+    last = str(notification_manager.records[-1].message)
+    assert "broken.nii.gz" in last
+
+
+def test_reader_routes_png_and_jpeg_to_data_io(tmp_path, monkeypatch):
+    from napari_probseg._napari import _reader
+    from napari_probseg.data.io import ImageData
+
+    seen = []
+
+    def fake_read(path):
+        seen.append(str(path))
+        return ImageData(
+            data=np.zeros((4, 5), np.uint8), scale=(1.0, 1.0), path=tmp_path / "x", name="x",
+            axes="YX", metadata={},
+        )  # fmt: skip
+
+    monkeypatch.setattr(_reader, "read_image", fake_read)
+    for name in ("a.png", "b.jpg", "c.JPEG", "d.tif"):
+        reader = _reader.get_reader(str(tmp_path / name))
+        assert callable(reader), name
+        assert reader(str(tmp_path / name))[0][2] == "image"
+    assert seen == [str(tmp_path / n) for n in ("a.png", "b.jpg", "c.JPEG", "d.tif")]
 
 
 @pytest.mark.parametrize(("key", "ndim"), [("lesions_2d", 2), ("lesions_3d", 3)])

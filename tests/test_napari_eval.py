@@ -288,3 +288,11 @@ def test_missing_prerequisites_are_notifications(make_napari_viewer, sample_run)
     with pytest.raises(ValueError, match=r"^path: nothing to export"):
         cal.export("x.png")
     assert any("add rater layers or open a store" in m for m in _messages())
+
+
+def test_calibration_panel_offers_only_input_images(make_napari_viewer, sample_run):
+    viewer = _viewer_with_run(make_napari_viewer, sample_run, layers=True)
+    panel = CalibrationWidget(viewer)
+    items = [panel.image_combo.itemText(i) for i in range(panel.image_combo.count())]
+    assert items == [IMAGE]  # not the run's probability and uncertainty maps
+    assert any(lay._type_string == "image" and lay.name != IMAGE for lay in viewer.layers)

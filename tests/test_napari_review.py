@@ -76,7 +76,7 @@ def test_selecting_a_row_moves_camera_and_outlines_the_region(make_napari_viewer
     view = region_view(record.regions["bbox"][n - 1], scale=(0.5, 2.0))
     assert np.allclose(viewer.scene.camera.center[-2:], view.center)
     assert viewer.scene.camera.zoom == pytest.approx(view.zoom(tuple(viewer.canvas.size)))
-    outline = viewer.layers["img · current region"]
+    outline = viewer.layers["current region"]
     assert outline.metadata["probseg"]["rank"] == n
     assert len(outline.data[0]) == 4
     lo, hi = outline.data[0].min(0), outline.data[0].max(0)
@@ -85,22 +85,81 @@ def test_selecting_a_row_moves_camera_and_outlines_the_region(make_napari_viewer
     assert viewer.layers.selection.active.name == "img"  # n / p stay with the viewer
 
 
-def test_n_and_p_keys_walk_the_regions(make_napari_viewer, qtbot):
+def test_region_keys_walk_the_regions(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     record = _land(viewer, two=True)
     widget = ReviewWidget(viewer)
     assert len(record.regions["rank"]) >= 2
     canvas = viewer.window._qt_viewer.canvas.native
     canvas.setFocus()
-    qtbot.keyClick(canvas, "n")
+    qtbot.keyClick(canvas, ".")
     assert widget.current_index == 0
-    qtbot.keyClick(canvas, "n")
+    qtbot.keyClick(canvas, ".")
     assert widget.current_index == 1
     view = region_view(record.regions["bbox"][1], scale=(1.0, 1.0))
     assert np.allclose(viewer.scene.camera.center[-2:], view.center)
-    qtbot.keyClick(canvas, "p")
+    qtbot.keyClick(canvas, ",")
     assert widget.current_index == 0
     assert widget.table.selectedIndexes()[0].row() == 0
+
+
+def test_region_keys_work_while_a_labels_layer_paints(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _land(viewer, two=True)
+    widget = ReviewWidget(viewer)
+    labels = widget.use_as_annotation(("consensus", None))
+    assert viewer.layers.selection.active is labels and labels.mode == "paint"
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, ".")
+    qtbot.keyClick(canvas, ".")
+    assert widget.current_index == 1
+    qtbot.keyClick(canvas, ",")
+    assert widget.current_index == 0
+    assert labels.mode == "paint"  # the keys did not switch the Labels tool
+
+
+def test_region_keys_in_the_3d_view(make_napari_viewer):
+    viewer = make_napari_viewer()
+    record = _land(viewer, ndim=3, two=True)
+    widget = ReviewWidget(viewer)
+    widget.select_region(0)  # outline created in the 2D view...
+    viewer.dims.ndisplay = 3
+    widget.next_region()  # ...moved in the 3D view (napari raised a concatenation error)
+    widget.previous_region()
+    assert widget.current_index == 0
+    outline = viewer.layers["current region"]
+    assert outline.ndim == 3 and len(outline.data) == 1
+    z = round(record.regions["centroid"][0][0])
+    assert np.allclose(outline.data[0][:, 0], z)
+
+
+def test_run_warnings_reach_the_review_panel_and_a_notification(make_napari_viewer):
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)
+    image, result = make_result()
+    result.provenance["warnings"] = ["spacing: image spacing (1, 1) differs from the model's"]
+    result.provenance["domain"] = {
+        "checked": True,
+        "in_domain": False,
+        "warnings": ["out of domain: intensities far outside training"],
+    }
+    layer = viewer.add_image(image, name="img")
+    placement = Placement("img", (1.0, 1.0))
+    output = RunOutput(
+        result=result,
+        layers=prediction_layers(result, placement),
+        placement=placement,
+        request=RunRequest(model="synthetic", method="mc_dropout"),
+    )
+    assert land(viewer, output, layer) is not None
+    shown = widget.warnings.text()
+    assert "spacing" in shown and "out of domain" in shown
+    assert not widget.warnings.isHidden()
+    notes = [str(n.message) for n in notification_manager.records if n.severity.name == "WARNING"]
+    assert any("spacing" in n and "out of domain" in n for n in notes)
 
 
 def test_3d_navigation_sets_the_plane(make_napari_viewer):
@@ -111,7 +170,7 @@ def test_3d_navigation_sets_the_plane(make_napari_viewer):
     z = round(record.regions["centroid"][0][0])
     plane_axis = viewer.dims.ndim - 3  # after the sample axis
     assert viewer.dims.point[plane_axis] == pytest.approx(2.0 * z)
-    outline = viewer.layers["img · current region"]
+    outline = viewer.layers["current region"]
     assert outline.ndim == 3 and np.allclose(outline.data[0][:, 0], z)
 
 
@@ -124,7 +183,7 @@ def test_highlight_share_updates_the_layer(make_napari_viewer):
     widget.quantile_spin.setValue(2.0)
     widget._on_quantile()
     assert int(layer.data.sum()) < before
-    assert layer.name == "img · most uncertain 2% (predictive entropy)"
+    assert layer.name == "most uncertain 2% (predictive entropy)"
     assert layer.metadata["probseg"]["quantile"] == pytest.approx(0.02)
 
 
@@ -136,7 +195,7 @@ def test_use_as_annotation_from_hypothesis_and_sample(make_napari_viewer):
     assert labels[:3] == ["consensus", "hypothesis 1 (75%)", "hypothesis 2 (25%)"]
     assert "sample 7" in labels
     layer = widget.use_as_annotation(("hypothesis", 2))
-    assert layer.name == "img · annotation" and layer.editable and layer.mode == "paint"
+    assert layer.name == "annotation" and layer.editable and layer.mode == "paint"
     assert np.array_equal(layer.data, record.layers["hypothesis:2"].data)
     meta = layer.metadata["probseg"]
     assert meta["origin"] == "hypothesis 2" and meta["input_signature"]

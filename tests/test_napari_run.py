@@ -52,6 +52,13 @@ def _names(viewer) -> list[str]:
     return [layer.name for layer in viewer.layers]
 
 
+def _run_names(viewer) -> list[str]:
+    """Names of the current run's layers, created or still pending (hidden, created on demand)."""
+    record = get_session(viewer).current
+    pending = [i[1]["name"] if isinstance(i, tuple) else i.name for i in record.pending.values()]
+    return _names(viewer) + pending
+
+
 def test_run_2d_mc_dropout_lands_named_layers(make_napari_viewer, qtbot, cards):
     viewer = make_napari_viewer()
     image = viewer.add_image(_image(2), name="scan", scale=(0.5, 0.5), translate=(10, 0))
@@ -64,19 +71,20 @@ def test_run_2d_mc_dropout_lands_named_layers(make_napari_viewer, qtbot, cards):
     ]
     _run(qtbot, widget, image="scan", method="mc_dropout", n_samples=3, seed=1, device="auto")
     assert widget.last_error is None, widget.last_error
-    names = _names(viewer)
-    assert "scan · hypotheses (N=3)" in names
-    assert "scan · mutual information (epistemic)" in names
-    assert "scan · expected entropy (aleatoric)" in names
-    assert "scan · predictive entropy" in names
+    names = _run_names(viewer)
+    assert "hypotheses (N=3)" in names
+    assert "mutual information (epistemic)" in names
+    assert "expected entropy (aleatoric)" in names
+    assert "predictive entropy" in names
     visible = {layer.name for layer in viewer.layers if layer.visible}
     assert visible == {
         "scan",
-        "scan · hypotheses (N=3)",
-        "scan · most uncertain 5% (predictive entropy)",
-        *(n for n in names if n.startswith("scan · plausible contours")),
+        "hypotheses (N=3)",
+        "most uncertain 5% (predictive entropy)",
+        *(n for n in names if n.startswith("plausible contours")),
     }
-    hyp = viewer.layers["scan · hypotheses (N=3)"]
+    assert {lay.name for lay in viewer.layers} == visible  # hidden layers: created when shown
+    hyp = viewer.layers["hypotheses (N=3)"]
     assert hyp.data.shape == (3, 40, 48) and hyp.contour > 0
     assert tuple(hyp.scale) == (1.0, 0.5, 0.5)
     for layer in viewer.layers:
@@ -88,6 +96,7 @@ def test_run_2d_mc_dropout_lands_named_layers(make_napari_viewer, qtbot, cards):
         assert meta["input_signature"] == get_session(viewer).current.result.input_signature
         assert meta["provenance"]["n_samples"] == 3
     assert viewer.dims.ndim == 3  # the sample axis has its slider
+    assert viewer.dims.axis_labels[0] == "sample"
 
 
 def test_run_ssn_names_mutual_information_aleatoric(make_napari_viewer, qtbot, cards):
@@ -97,11 +106,11 @@ def test_run_ssn_names_mutual_information_aleatoric(make_napari_viewer, qtbot, c
     widget.add_model_card(cards["ssn2d"])
     _run(qtbot, widget, image="img", method="ssn", n_samples=2, device="cpu")
     assert widget.last_error is None, widget.last_error
-    names = _names(viewer)
-    assert "img · mutual information (aleatoric (rater ambiguity, eq. 42))" in names
+    names = _run_names(viewer)
+    assert "mutual information (aleatoric (rater ambiguity, eq. 42))" in names
     # review eq. 42: for a latent model MI is aleatoric, the expected entropy the remainder
-    assert "img · expected entropy (remainder (epistemic/positional, eq. 42))" in names
-    assert not any(n.startswith("img · mutual information (epistemic") for n in names)
+    assert "expected entropy (remainder (epistemic/positional, eq. 42))" in names
+    assert not any(n.startswith("mutual information (epistemic") for n in names)
 
 
 def test_run_3d_lands_points_and_per_plane_contours(make_napari_viewer, qtbot, cards):
@@ -111,7 +120,7 @@ def test_run_3d_lands_points_and_per_plane_contours(make_napari_viewer, qtbot, c
     widget.add_model_card(cards["plain3d"])
     _run(qtbot, widget, image="vol", method="mc_dropout", n_samples=2, device="cpu")
     assert widget.last_error is None, widget.last_error
-    hyp = viewer.layers["vol · hypotheses (N=2)"]
+    hyp = viewer.layers["hypotheses (N=2)"]
     assert hyp.data.shape == (2, 6, 32, 40) and tuple(hyp.scale) == (1.0, 2.0, 1.0, 1.0)
     record = get_session(viewer).current
     assert record.layers["contours"].ndim == 3
@@ -220,7 +229,7 @@ def test_bundled_model_runs_from_the_panel(make_napari_viewer, qtbot):
     widget = RunWidget(viewer)
     _run(qtbot, widget, image="crop", model=choices[0].key, n_samples=2, device="cpu")
     assert widget.last_error is None, widget.last_error
-    assert "crop · hypotheses (N=2)" in _names(viewer)
+    assert "hypotheses (N=2)" in _names(viewer)
 
 
 def test_demo_opens_panels_and_lands_a_run(make_napari_viewer, qtbot, cards):
@@ -241,6 +250,52 @@ def test_demo_opens_panels_and_lands_a_run(make_napari_viewer, qtbot, cards):
     qtbot.waitUntil(lambda: bool(done), timeout=120_000)
     assert done[0] is not None and review.record is done[0]
     assert run.status.text().startswith("Done")
-    assert "lesions 2d · hypotheses (N=2)" in _names(viewer)
+    assert "hypotheses (N=2)" in _names(viewer)
     docks = set(viewer.window.dock_widgets)
     assert {"Run probabilistic segmentation", "Review uncertainty"} <= docks
+
+
+def test_run_panel_defaults_to_a_model_of_the_image_dimensionality(make_napari_viewer, cards):
+    viewer = make_napari_viewer()
+    widget = RunWidget(viewer)
+    assert widget.add_model_card(cards["plain2d"])
+    assert widget.add_model_card(cards["plain3d"])
+    widget.model_combo.setCurrentIndex(
+        next(i for i, c in enumerate(widget._models) if c.spatial_dims == 2)
+    )
+    viewer.add_image(_image(3), name="vol")
+    assert widget.image_combo.currentText() == "vol"
+    assert widget.current_model().spatial_dims == 3
+    viewer.add_image(_image(2), name="slice")
+    widget.image_combo.setCurrentText("slice")
+    assert widget.current_model().spatial_dims == 2
+
+
+def test_rerun_updates_layers_in_place_and_hidden_layers_are_created_when_shown(
+    make_napari_viewer, qtbot, cards
+):
+    from napari_probseg._napari._review_widget import ReviewWidget
+    from napari_probseg._napari._session import show_layer
+
+    viewer = make_napari_viewer()
+    viewer.add_image(_image(2), name="scan")
+    widget = RunWidget(viewer)
+    review = ReviewWidget(viewer)
+    widget.add_model_card(cards["plain2d"])
+    _run(qtbot, widget, image="scan", method="mc_dropout", n_samples=2, device="cpu")
+    first = get_session(viewer).current
+    assert "predictive_entropy" in first.pending and "predictive entropy" not in _names(viewer)
+    entropy = show_layer(viewer, first, "predictive_entropy")
+    assert entropy.visible and entropy in viewer.layers
+    assert review.layers_box.legend_texts()  # every map has a legend with its range and units
+    assert any("nats" in t and "ln 2" in t for t in review.layers_box.legend_texts())
+    hyp, highlight = first.layers["hypotheses"], first.layers["highlight"]
+    _run(qtbot, widget, image="scan", method="mc_dropout", n_samples=3, seed=4, device="cpu")
+    second = get_session(viewer).current
+    assert second is not first
+    assert second.layers["hypotheses"] is hyp and hyp.data.shape[0] == 3  # same layer, new data
+    assert hyp.name == "hypotheses (N=3)"
+    assert second.layers["highlight"] is highlight
+    assert second.layers["predictive_entropy"] is entropy  # shown before: updated, still shown
+    np.testing.assert_array_equal(entropy.data, second.result.maps.predictive_entropy)
+    assert len([lay for lay in viewer.layers if lay.name.startswith("hypotheses")]) == 1

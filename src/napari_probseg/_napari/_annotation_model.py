@@ -374,7 +374,9 @@ def blind_action(
         return None
     if meta.get("what") in REVEALING:
         return "remove"
-    return "hide" if meta.get("what") == "store-edit" else None
+    if meta.get("what") == "annotation" and meta.get("rater") is None:
+        return None  # a fresh copy of a model hypothesis: nobody's work yet
+    return "hide" if meta.get("what") in ("store-edit", "annotation") else None
 
 
 def visible_raters(store: ProjectStore, image_id: str, rater: str, *, blind: bool) -> list[str]:
@@ -474,6 +476,22 @@ def default_recovery_dir() -> Path:
     import tempfile
 
     return Path(tempfile.gettempdir()) / "napari-probseg-recovery"
+
+
+def is_unchanged(store: ProjectStore, session: EditSession, mask: Any) -> bool:
+    """Whether ``mask`` equals the rater's latest committed version (saving it adds nothing).
+
+    True only when the session has no unsaved edits, continues from a version
+    (``parent_version``), and that version is still the rater's latest with identical labels.
+    """
+    if session.dirty or session.parent_version is None:
+        return False
+    versions = store.history(session.image_id, session.rater)
+    if not versions or versions[-1].version != session.parent_version:
+        return False
+    latest = store.latest(session.image_id, session.rater)[0]
+    arr = np.asarray(mask)
+    return latest.shape == arr.shape and bool(np.array_equal(latest, arr))
 
 
 def save_or_keep(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -48,12 +48,15 @@ from napari_probseg._napari._annotation_model import (
     describe_version,
     edit_start,
     is_hypothesis_layer_metadata,
+    is_unchanged,
     latest_masks,
     sanitize_identifier,
     save_or_keep,
     visible_raters,
 )
-from napari_probseg._napari._layers import SEP
+from napari_probseg._napari._layers import SEP, is_source_image
+from napari_probseg._napari._scroll import scroll_layout
+from napari_probseg._napari._session import get_session
 from napari_probseg._napari._store_reader import (
     agreement_layer_data,
     image_layer_data,
@@ -127,7 +130,9 @@ class AnnotationWidget(QWidget):
         self.timer = QTimer(self)
         self.timer.setInterval(self.policy.interval_ms)
         self.timer.timeout.connect(self.autosave)
+        self.viewer_session = get_session(napari_viewer)
         self._build_ui()
+        self._close_filter: Any = None
         self.viewer.layers.events.inserted.connect(self._refresh_sources)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self._refresh_sources()
@@ -229,7 +234,7 @@ class AnnotationWidget(QWidget):
         al.addWidget(self.agree_button)
         al.addWidget(self.dice_table)
         al.addWidget(self.agree_label)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         for box in (store_box, image_box, rater_box, edit_box, versions_box, agree_box):
             layout.addWidget(box)
         layout.addStretch(1)
@@ -294,15 +299,24 @@ class AnnotationWidget(QWidget):
             store = ProjectStore.create(target)
             verb = "created"
         self.store, self.image_id = store, None
+        self.viewer_session.set_store(store)
         self.path_edit.setText(str(target))
         self._refresh_images()
-        n = len(store.image_ids())
-        self.store_label.setText(f"{verb} {html.escape(str(target))}: {n} image(s)")
+        n = self._show_store_label(verb)
         show_info(f"probseg: {verb} project store {target} ({n} images)")
         if n:
             self.select_image(store.image_ids()[0])
         self._update_state()
         return store
+
+    def _show_store_label(self, verb: str = "open:") -> int:
+        """Say which store is open and how many images it holds; return that number."""
+        if self.store is None:
+            self.store_label.setText("No store open.")
+            return 0
+        n = len(self.store.image_ids())
+        self.store_label.setText(f"{verb} {html.escape(str(self.store.path))}: {n} image(s)")
+        return n
 
     def _refresh_images(self) -> None:
         self.image_combo.clear()
@@ -319,13 +333,11 @@ class AnnotationWidget(QWidget):
     @_notify_errors("adding the image")
     def add_image_layer(self, layer: Any = None, image_id: str | None = None) -> str | None:
         """Add an image layer (default: the selected or first image layer) to the store."""
-        from napari.layers import Image
-
         store = self._require_store()
         if layer is None:
             active = self.viewer.layers.selection.active
-            images = [lay for lay in self.viewer.layers if isinstance(lay, Image)]
-            layer = active if isinstance(active, Image) else (images[0] if images else None)
+            images = [lay for lay in self.viewer.layers if is_source_image(lay)]
+            layer = active if is_source_image(active) else (images[0] if images else None)
         if layer is None:
             raise ValueError("layer: no image layer in the viewer")
         if getattr(layer, "rgb", False) or getattr(layer, "multiscale", False):
@@ -344,6 +356,7 @@ class AnnotationWidget(QWidget):
         )
         show_info(f"probseg: added {layer.name!r} to the store as {image_id!r}")
         self._refresh_images()
+        self._show_store_label()
         self.select_image(image_id)
         return image_id
 
@@ -360,11 +373,14 @@ class AnnotationWidget(QWidget):
         store = self._require_store()
         store.image_info(validate_identifier(image_id, "image_id"))
         if image_id != self.image_id:
-            self._end_session()
+            self._end_session(reason=f"you switched to image {image_id!r}")
         self.image_id = image_id
         self.image_combo.setCurrentText(image_id)
-        if self._image_layer(image_id) is None:
-            self._add_layer(image_layer_data(store, image_id))
+        layer = self._image_layer(image_id)
+        if layer is None:
+            layer = self._add_layer(image_layer_data(store, image_id))
+        if layer in self.viewer.layers:
+            self.viewer.layers.selection.active = layer
         self._after_identity_change()
         return True
 
@@ -377,8 +393,9 @@ class AnnotationWidget(QWidget):
         if role not in ROLES:
             raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
         if rater != self.rater:
-            self._end_session()
+            self._end_session(reason=f"{rater} signed in")
         self.rater, self.role = rater, role
+        self.viewer_session.rater = rater
         self.role_combo.setCurrentText(role)
         if self.rater_combo.findText(rater) < 0:
             self.rater_combo.addItem(rater)
@@ -523,6 +540,15 @@ class AnnotationWidget(QWidget):
         return layer
 
     def _begin(self, session: EditSession, layer: Any) -> None:
+        # The layer now holds this rater's work on this store image (also a "Use as annotation"
+        # layer edited in place): blind mode hides it from the next rater.
+        layer.metadata.setdefault("probseg", {}).update(
+            what="store-edit",
+            store=str(self.store.path),
+            image_id=session.image_id,
+            rater=session.rater,
+        )
+        layer.visible = True
         self.session, self.edit_layer = session, layer
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_data)
@@ -534,15 +560,50 @@ class AnnotationWidget(QWidget):
         self._check_draft()
         self._update_state()
 
-    def _end_session(self) -> None:
-        """Stop editing; unsaved changes are first written as a draft (never dropped)."""
-        if self.session is not None and self.session.dirty:
-            self.autosave()
-        if self.edit_layer is not None:
-            self.edit_layer.events.paint.disconnect(self._on_paint)
-            self.edit_layer.events.data.disconnect(self._on_data)
+    def _end_session(self, *, reason: str | None = None) -> bool:
+        """Stop editing; unsaved changes are first written as a draft (never dropped).
+
+        The edit layer leaves paint mode (it must not keep painting over another image); with a
+        ``reason`` a notification says that editing stopped and whether a draft was kept.
+        Returns True if a draft was written.
+        """
+        session, layer = self.session, self.edit_layer
+        kept = False
+        if session is not None and session.dirty:
+            kept = self.autosave(force=True) is not None
+        if layer is not None:
+            layer.events.paint.disconnect(self._on_paint)
+            layer.events.data.disconnect(self._on_data)
+            if layer in self.viewer.layers and layer.mode != "pan_zoom":
+                layer.mode = "pan_zoom"
         self.session, self.edit_layer = None, None
         self.timer.stop()
+        if session is not None and reason:
+            what = f"{session.image_id!r} as {session.rater}"
+            if kept:
+                show_warning(
+                    f"probseg: stopped editing {what} ({reason}); your unsaved changes are kept "
+                    "as a draft: 'Recover draft' brings them back."
+                )
+            else:
+                show_info(f"probseg: stopped editing {what} ({reason}); nothing was unsaved.")
+        return kept
+
+    def showEvent(self, event: Any) -> None:
+        # Once docked, watch the main window: its close writes a draft of unsaved work.
+        window = self.window()
+        if window is not self and getattr(self, "_close_filter", None) is None:
+            self._close_filter = _CloseFilter(self.close_edit)
+            window.installEventFilter(self._close_filter)
+        super().showEvent(event)
+
+    def close_edit(self) -> bool:
+        """End the edit session because the panel or viewer closes; True if a draft was kept."""
+        return self._end_session(reason="the viewer is closing")
+
+    def closeEvent(self, event: Any) -> None:
+        self.close_edit()
+        super().closeEvent(event)
 
     def _on_paint(self, event: Any = None) -> None:
         if self.session is not None and self.edit_layer is not None:
@@ -556,7 +617,7 @@ class AnnotationWidget(QWidget):
     def _on_layer_removed(self, event: Any) -> None:
         if event.value is self.edit_layer and self.session is not None:
             if self.session.dirty:
-                self.autosave(layer=event.value)
+                self.autosave(layer=event.value, force=True)
                 show_warning("probseg: the edited layer was removed; its work is kept as a draft")
             self._end_session()
             self._check_draft()
@@ -575,6 +636,12 @@ class AnnotationWidget(QWidget):
         if self.session is None or self.edit_layer is None:
             raise ValueError("edit: start editing first")
         note = self.note_edit.text() if note is None else note
+        if is_unchanged(store, self.session, self.edit_layer.data):
+            show_info(
+                f"probseg: nothing changed since version {self.session.parent_version}; "
+                "no new version saved"
+            )
+            return None
         outcome = save_or_keep(
             store, self.session, self.edit_layer.data, note=note, recovery_dir=self.recovery_dir
         )
@@ -603,10 +670,15 @@ class AnnotationWidget(QWidget):
         else:
             self.timer.stop()
 
-    def autosave(self, layer: Any = None) -> Any:
-        """Write the edited layer as the rater's draft if it has unsaved changes."""
+    def autosave(self, layer: Any = None, *, force: bool = False) -> Any:
+        """Write the edited layer as the rater's draft if it has unsaved changes.
+
+        ``force`` writes it even with autosave turned off (editing ends: never drop work).
+        """
         layer = layer if layer is not None else self.edit_layer
-        if self.store is None or layer is None or not self.policy.should_save(self.session):
+        if self.store is None or layer is None or self.session is None:
+            return None
+        if not (self.session.dirty if force else self.policy.should_save(self.session)):
             return None
         session = self.session
         try:
@@ -741,3 +813,16 @@ class AnnotationWidget(QWidget):
         for layer_data in agreement_layer_data(store, image_id, result):
             self._add_layer(layer_data)
         return result
+
+
+class _CloseFilter(QObject):
+    """Calls ``on_close`` when the watched window receives a close event (lets it through)."""
+
+    def __init__(self, on_close: Callable[[], Any]) -> None:
+        super().__init__()
+        self._on_close = on_close
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:
+        if event.type() == QEvent.Type.Close:
+            self._on_close()
+        return False

@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QApplication,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -23,12 +21,13 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_probseg._napari import _eval_model as model
 from napari_probseg._napari._choices import describe_error
+from napari_probseg._napari._layers import is_source_image
+from napari_probseg._napari._scroll import scroll_layout
 from napari_probseg._napari._session import get_session
 
 NO_RUN = "run a model on this image first (panel 'Run probabilistic segmentation')"
@@ -67,16 +66,16 @@ def _checked_run(name: str, data: Any, signature: str, fn: Callable[[], Any]) ->
 
 
 def find_store(viewer: Any, path: str = "", image_layer: Any = None) -> Any:
-    """The project store to use: ``path`` if given, else the annotation panel's open store, else
-    the store the image layer came from (opened read-only); None if there is none."""
-    from napari_probseg._napari._annotation_widget import AnnotationWidget
+    """The project store to use: ``path`` if given, else the viewer session's open store (the
+    annotation panel opens it), else the store the image layer came from (opened read-only);
+    None if there is none."""
     from napari_probseg.store import ProjectStore
 
     if path.strip():
         return ProjectStore.open(Path(path.strip()).expanduser(), mode="r")
-    for widget in QApplication.allWidgets():
-        if isinstance(widget, AnnotationWidget) and widget.viewer is viewer and widget.store:
-            return widget.store
+    store = get_session(viewer).store
+    if store is not None:
+        return store
     meta = model._probseg_meta(image_layer) if image_layer is not None else {}
     if meta.get("store") and Path(meta["store"]).is_dir():
         return ProjectStore.open(meta["store"], mode="r")
@@ -104,8 +103,8 @@ class _Panel(QWidget):
         self.result_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.form = QFormLayout()
         self.form.addRow("Image", self.image_combo)
-        self.setLayout(QVBoxLayout())
-        self.layout().addLayout(self.form)
+        self.content = scroll_layout(self)
+        self.content.addLayout(self.form)
         self.image_combo.currentIndexChanged.connect(lambda *_: self._refresh())
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
@@ -114,7 +113,7 @@ class _Panel(QWidget):
     # ------------------------------------------------------------- layers
     def _refresh_images(self, *_: Any) -> None:
         current = self.image_combo.currentText()
-        names = [lay.name for lay in self.viewer.layers if isinstance(lay, Image) and not lay.rgb]
+        names = [lay.name for lay in self.viewer.layers if is_source_image(lay)]
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         self.image_combo.addItems(names)
@@ -227,7 +226,7 @@ class _Panel(QWidget):
             button.clicked.connect(lambda *_, s=slot: s())
             row.addWidget(button)
             out.append(button)
-        self.layout().addLayout(row)
+        self.content.addLayout(row)
         return out
 
 

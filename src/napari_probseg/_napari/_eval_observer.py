@@ -210,7 +210,7 @@ class ConformalReport:
 
 
 def store_conformal_pairs(
-    store: Any, *, exclude: Sequence[str] = ()
+    store: Any, *, exclude: Sequence[str] = (), exclude_signatures: Sequence[str] = ()
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
     """(probabilities, majority reference) of each store image with raters and a run.
 
@@ -219,15 +219,24 @@ def store_conformal_pairs(
     store : ProjectStore
     exclude : sequence of str
         Image ids left out (the current image, so that it stays held out).
+    exclude_signatures : sequence of str
+        Image signatures (``engine.image_signature``) left out: the current image is held out
+        even when it sits in the store under another id or its layer has another name.
 
     Returns
     -------
     pairs : list of (ndarray (K, *S), ndarray (*S))
     image_ids : list of str
     """
+    from napari_probseg.engine import image_signature
+
     pairs, ids = [], []
     for image_id in store_images(store)[0]:
         if image_id in exclude:
+            continue
+        if exclude_signatures and (
+            image_signature(np.asarray(store.read_image(image_id)[0])) in exclude_signatures
+        ):
             continue
         try:
             data, masks = _store_image_data(store, image_id)

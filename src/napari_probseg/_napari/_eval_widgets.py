@@ -64,8 +64,8 @@ class CalibrationWidget(_Panel):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(320)
         self.artists: dict[str, Any] = {}
-        self.layout().addWidget(self.result_label)
-        self.layout().addWidget(self.canvas)
+        self.content.addWidget(self.result_label)
+        self.content.addWidget(self.canvas)
         self._add_buttons(
             (
                 "Export figure…",
@@ -73,7 +73,7 @@ class CalibrationWidget(_Panel):
             ),
             ("Export JSON…", lambda: self._export_dialog("JSON (*.json)", self.export_json)),
         )
-        self.layout().addWidget(self.status)
+        self.content.addWidget(self.status)
         self.scope_combo.currentIndexChanged.connect(lambda *_: self._refresh())
         self._refresh_images()
 
@@ -217,8 +217,8 @@ class ObserverWidget(_Panel):
             ("Compute", self.compute),
             ("Export JSON…", lambda: self._export_dialog("JSON (*.json)", self.export_json)),
         )
-        self.layout().addWidget(self.result_label)
-        self.layout().addWidget(self.status)
+        self.content.addWidget(self.result_label)
+        self.content.addWidget(self.status)
         self._refresh_images()
 
     def _refresh(self) -> None:
@@ -282,8 +282,8 @@ class ConformalWidget(_Panel):
             ("Calibrate and draw", self.compute),
             ("Export JSON…", lambda: self._export_dialog("JSON (*.json)", self.export_json)),
         )
-        self.layout().addWidget(self.result_label)
-        self.layout().addWidget(self.status)
+        self.content.addWidget(self.result_label)
+        self.content.addWidget(self.status)
         self.layers: dict[str, Any] = {}
         self._refresh_images()
 
@@ -326,9 +326,12 @@ class ConformalWidget(_Panel):
                 self.notify(f"no calibration data: {NO_RATERS} (or calibrate on other images)")
                 return None
             exclude = [model._probseg_meta(layer).get("image_id", layer.name)]
+            signature = record.result.input_signature
 
             def job() -> Any:
-                pairs, ids = observer.store_conformal_pairs(store, exclude=exclude)
+                pairs, ids = observer.store_conformal_pairs(
+                    store, exclude=exclude, exclude_signatures=[signature]
+                )
                 where = f"store {store.path}: {', '.join(ids[:5])}{' …' * (len(ids) > 5)}"
                 return observer.conformal_report(
                     pairs, probs, alpha=alpha, calibration_from=where, heldout=heldout,

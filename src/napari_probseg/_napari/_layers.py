@@ -2,9 +2,10 @@
 
 No napari or Qt import here: the functions return ``(data, kwargs, layer_type)`` tuples (napari's
 ``LayerDataTuple``), so they run in the worker thread (contours and regions are computed off the GUI
-thread) and are tested without a viewer. Every layer is named ``"<image> · <what>"``, carries the
-image's scale and translate, and records in ``metadata["probseg"]`` what it shows, the provenance
-of the run and the signature of the input image. Layer attributes that napari does not take in the
+thread) and are tested without a viewer. Every layer of a run has a short name saying what it
+shows (``run_layer_name``; the image and the run are in ``metadata["probseg"]`` and in the review
+panel's tooltips), carries the image's scale and translate, and records in ``metadata["probseg"]``
+what it shows, the image, the provenance of the run and the signature of the input image. Layer attributes that napari does not take in the
 constructor (``contour``) travel under the kwargs key ``"_post"``; use :func:`create_layer`.
 """
 
@@ -34,6 +35,25 @@ MAP_COLORMAPS = {
     "expected_entropy": "viridis",
 }
 LayerData = tuple[Any, dict, str]
+#: ``metadata["probseg"]["what"]`` of image layers that are inputs a model can run on (a plain
+#: image has no ``probseg`` metadata; an image opened from or added to a store is "store-image");
+#: every other kind is a result (uncertainty map, probability, soft consensus).
+SOURCE_IMAGE_KINDS = (None, "store-image")
+
+
+def is_source_image(layer: Any) -> bool:
+    """Whether ``layer`` is a grey image a model can run on, not a map a run or panel produced.
+
+    Parameters
+    ----------
+    layer : napari layer
+        Any layer; only non-RGB Image layers whose ``metadata["probseg"]["what"]`` is absent or
+        ``"store-image"`` qualify.
+    """
+    if getattr(layer, "_type_string", None) != "image" or getattr(layer, "rgb", False):
+        return False
+    meta = layer.metadata.get("probseg") if isinstance(layer.metadata, dict) else None
+    return not isinstance(meta, dict) or meta.get("what") in SOURCE_IMAGE_KINDS
 
 
 @dataclass(frozen=True)
@@ -66,8 +86,23 @@ def create_layer(data: Any, kwargs: dict, layer_type: str) -> Any:
 
 
 def layer_name(image_name: str, what: str) -> str:
-    """Return ``"<image> · <what>"``."""
+    """Return ``"<image> · <what>"`` (store and evaluation layers, named per image)."""
     return f"{image_name}{SEP}{what}"
+
+
+def run_layer_name(image_name: str, what: str) -> str:
+    """Short name of a run's layer: ``what`` alone.
+
+    The image prefix made every name too long for napari's layer list ("lesions 2d · …tive
+    entropy"); the image is in the layer's metadata, and :func:`unique_name` adds it only when
+    another image's run already uses the name.
+    """
+    return what
+
+
+def unique_name(name: str, image_name: str, taken: set[str] | list[str]) -> str:
+    """``name``, or ``"name (image)"`` when a layer of another image already has ``name``."""
+    return name if name not in taken else f"{name} ({image_name})"
 
 
 def class_colormap(n_classes: int) -> dict:
@@ -137,7 +172,7 @@ def contour_paths(mask: np.ndarray, *, tolerance: float = 0.0) -> list[np.ndarra
 
 
 def sample_contours(
-    samples: np.ndarray, *, max_paths: int = 2000, min_vertices: int = 6
+    samples: np.ndarray, *, max_paths: int = 600, min_vertices: int = 6, max_per_mask: int = 4
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Return the foreground contour of every sample, per plane in 3D.
 
@@ -150,6 +185,9 @@ def sample_contours(
         planes are strided evenly to respect it; then the longest paths are kept.
     min_vertices : int, keyword-only
         Paths with fewer vertices (one- or two-pixel specks) are dropped.
+    max_per_mask : int, keyword-only
+        Most paths per sample (per sample and plane in 3D), the longest: a noisy sample (SSN
+        draws hundreds of specks on 3D) must not bury the boundaries the others agree on.
 
     Returns
     -------
@@ -165,7 +203,9 @@ def sample_contours(
     owner: list[int] = []
     if s.ndim == 3:
         for i, mask in enumerate(s):
-            found = [c for c in contour_paths(mask) if len(c) >= min_vertices]
+            found = _longest(
+                [c for c in contour_paths(mask) if len(c) >= min_vertices], max_per_mask
+            )
             paths += found
             owner += [i] * len(found)
     else:
@@ -174,15 +214,23 @@ def sample_contours(
         stride = max(1, math.ceil(len(fg_planes) * s.shape[0] / max(max_paths, 1)))
         for z in fg_planes[::stride]:
             for i in range(s.shape[0]):
-                for c in contour_paths(s[i, z]):
-                    if len(c) >= min_vertices:
-                        paths.append(np.column_stack([np.full(len(c), z, np.float32), c]))
-                        owner.append(i)
+                found = [c for c in contour_paths(s[i, z]) if len(c) >= min_vertices]
+                for c in _longest(found, max_per_mask):
+                    paths.append(np.column_stack([np.full(len(c), z, np.float32), c]))
+                    owner.append(i)
     if len(paths) > max_paths:
         keep = np.sort(np.argsort([-len(p) for p in paths], kind="stable")[:max_paths])
         paths = [paths[k] for k in keep]
         owner = [owner[k] for k in keep]
     return paths, np.asarray(owner, dtype=int)
+
+
+def _longest(paths: list[np.ndarray], keep: int) -> list[np.ndarray]:
+    """The ``keep`` longest paths, in their original order."""
+    if len(paths) <= keep:
+        return paths
+    chosen = sorted(np.argsort([-len(p) for p in paths], kind="stable")[:keep])
+    return [paths[k] for k in chosen]
 
 
 def _meta(result: Any, what: str, **extra: Any) -> dict:
@@ -231,7 +279,7 @@ def regions_layer(
         "term": [term_name] * len(table["rank"]),
     }
     common = {
-        "name": layer_name(placement.image_name, "uncertain regions"),
+        "name": run_layer_name(placement.image_name, "uncertain regions"),
         "scale": placement.scale,
         "translate": placement.translate,
         "features": features,
@@ -344,7 +392,7 @@ def prediction_layers(
     layers: list[LayerData] = []
 
     def add(data: Any, what: str, label: str, kind: str, **kwargs: Any) -> None:
-        kw = {"name": layer_name(name, label), **place, "visible": what in VISIBLE}
+        kw = {"name": run_layer_name(name, label), **place, "visible": what in VISIBLE}
         kw.update(kwargs)
         kw.setdefault("metadata", _meta(result, what))
         layers.append((data, kw, kind))
@@ -443,7 +491,10 @@ def prediction_layers(
         f"most uncertain {100 * quantile:g}% ({term_text})",
         "labels",
         colormap={None: "transparent", 0: "transparent", 1: HIGHLIGHT_COLOR},
-        opacity=0.75,
+        # Outline only (filled in napari's 3D view, which has no label contours): the anatomy
+        # under the most uncertain voxels stays visible.
+        _post={"contour": 1},
+        opacity=0.9,
         metadata=_meta(result, "highlight", quantile=quantile, term=term),
     )
     regions = top_regions_for(
@@ -498,17 +549,19 @@ def annotation_layer(record: Any, kind: str, index: int | None = None) -> LayerD
         data = samples[index]
         origin = f"sample {index}"
     elif kind == "hypothesis":
-        layer = record.layers.get(f"hypothesis:{index}")
-        if layer is None:
+        from napari_probseg._napari._session import layer_data
+
+        found = layer_data(record, f"hypothesis:{index}")
+        if found is None:
             raise ValueError(f"index: no distinct hypothesis {index!r} in this run")
-        data = np.asarray(layer.data)
+        data = np.asarray(found)
         origin = f"hypothesis {index}"
     else:
         raise ValueError(f"kind: expected 'consensus', 'hypothesis' or 'sample', got {kind!r}")
     meta = _meta(result, "annotation", origin=origin, kind=kind, index=index)
     meta["probseg"]["image"] = placement.image_name
     kwargs = {
-        "name": layer_name(placement.image_name, "annotation"),
+        "name": run_layer_name(placement.image_name, "annotation"),
         "scale": tuple(placement.scale),
         "translate": tuple(placement.translate),
         "colormap": class_colormap(max(len(result.class_names), 2)),

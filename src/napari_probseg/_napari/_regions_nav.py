@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_probseg._napari._layers import layer_name
+from napari_probseg._napari._layers import run_layer_name
 
 #: The region fills this share of the canvas after navigation (context around it stays visible).
 FILL = 0.4
@@ -107,6 +107,12 @@ def go_to_region(viewer: Any, record: Any, index: int) -> RegionView | None:
     return view
 
 
+def _probseg(layer: Any) -> dict:
+    meta = getattr(layer, "metadata", None)
+    value = meta.get("probseg") if isinstance(meta, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 def region_plane(record: Any, index: int) -> int:
     """Plane (voxel index) a 3D region is shown on: its centroid's, rounded."""
     return round(float(record.regions["centroid"][index][0]))
@@ -117,7 +123,7 @@ def _outline(viewer: Any, record: Any, view: RegionView, index: int) -> None:
     from napari.layers import Shapes
 
     placement = record.output.placement
-    name = layer_name(placement.image_name, "current region")
+    name = run_layer_name(placement.image_name, "current region")
     sc = np.asarray(placement.scale, dtype=float)
     tr = np.asarray(placement.translate, dtype=float)
     lo, hi = (view.corners - tr) / sc  # back to data coordinates of the outline layer
@@ -128,24 +134,37 @@ def _outline(viewer: Any, record: Any, view: RegionView, index: int) -> None:
     else:
         rect = np.array(corners)
     rank = record.regions["rank"][index]
-    layer = next((lay for lay in viewer.layers if lay.name == name), None)
+    layer = next(
+        (lay for lay in viewer.layers if _probseg(lay).get("what") == "current_region"
+         and _probseg(lay).get("image") == placement.image_name),
+        None,
+    )  # fmt: skip
+    edge_width = max(0.6, 0.02 * max(view.extent[-2:]) / float(sc[-1]))
     if not isinstance(layer, Shapes):
         layer = Shapes(
+            [rect],
             ndim=len(sc),
+            shape_type="rectangle",
             name=name,
             scale=tuple(sc),
             translate=tuple(tr),
+            edge_color=OUTLINE_COLOR,
+            face_color="transparent",
+            edge_width=edge_width,
             metadata={"probseg": {"what": "current_region", "image": placement.image_name}},
         )
         active = viewer.layers.selection.active
         viewer.layers.append(layer)
-        # Keep the previous layer active: a selected Shapes layer would take the n/p keys.
+        # Keep the previous layer active: a selected Shapes layer would take the keys.
         if active is not None:
             viewer.layers.selection.active = active
-    layer.data = [rect]
-    layer.shape_type = ["rectangle"]
-    layer.edge_color = OUTLINE_COLOR
-    layer.face_color = "transparent"
-    layer.edge_width = max(0.6, 0.02 * max(view.extent[-2:]) / float(sc[-1]))
+    else:
+        # One call with the shape type: setting ``data`` then ``shape_type`` rebuilds the meshes
+        # twice and, in the 3D view, mixes 2D and 3D vertices (napari raises a concatenation
+        # error).
+        layer.data = [(rect, "rectangle")]
+        layer.edge_color = OUTLINE_COLOR
+        layer.face_color = "transparent"
+        layer.edge_width = edge_width
     layer.metadata["probseg"]["rank"] = int(rank)
     layer.visible = True

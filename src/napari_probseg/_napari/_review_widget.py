@@ -1,4 +1,4 @@
-"""Review panel: image-level summary, ranked regions (table, n / p keys), highlight share, and
+"""Review panel: image-level summary, ranked regions (table, "." / "," keys), highlight share, and
 "use as annotation".
 
 Render-only: the summary, its verdict and warnings are the dict of ``engine.summarize`` (formatted by
@@ -18,22 +18,28 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
-    QScrollArea,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_probseg._napari._layers import annotation_layer
+from napari_probseg._napari._layers import annotation_layer, unique_name
 from napari_probseg._napari._regions_nav import go_to_region
-from napari_probseg._napari._session import RunRecord, get_session, set_highlight
+from napari_probseg._napari._run_layers_box import RunLayersBox
+from napari_probseg._napari._scroll import scroll_layout
+from napari_probseg._napari._session import (
+    RunRecord,
+    get_session,
+    run_layer_metadata,
+    set_highlight,
+)
 from napari_probseg._napari._summary import (
     format_value,
     summary_for,
@@ -43,6 +49,9 @@ from napari_probseg._napari._summary import (
 )
 
 _COLUMNS = ("rank", "score", "size", "term")
+#: Region keys. Not n / p: napari's Labels layer takes "p" (paint mode) while it is active, and an
+#: active layer's keys win over the viewer's; no napari layer binds "." or ",".
+NEXT_KEY, PREVIOUS_KEY = ".", ","
 
 
 class ReviewWidget(QWidget):
@@ -90,35 +99,34 @@ class ReviewWidget(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setVisible(False)
-        self.table.setToolTip("Most uncertain regions; select a row, or press n / p in the viewer")
-        self.prev_button = QPushButton("◀ previous (p)")
-        self.next_button = QPushButton("next (n) ▶")
+        self.table.setToolTip(
+            f"Most uncertain regions; select a row, or press {NEXT_KEY} (next) / "
+            f"{PREVIOUS_KEY} (previous) in the viewer, in any layer mode"
+        )
+        self.prev_button = QPushButton(f"◀ previous ({PREVIOUS_KEY})")
+        self.next_button = QPushButton(f"next ({NEXT_KEY}) ▶")
 
         self.source_combo = QComboBox()
         self.source_combo.setToolTip("Start the correction from this mask")
         self.annotate_button = QPushButton("Use as annotation")
 
+        for label in (self.title, self.sentence, self.summary, self.warnings):
+            # Take the panel's width and wrap, instead of widening the panel past the screen.
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            label.setMinimumWidth(0)
         summary_box = QGroupBox("Image-level summary")
-        sv = QVBoxLayout(summary_box)
-        content = QWidget()
-        cv = QVBoxLayout(content)
-        cv.setContentsMargins(0, 0, 0, 0)
+        cv = QVBoxLayout(summary_box)
         cv.addWidget(self.title)
         cv.addWidget(self.warnings)
         cv.addWidget(self.sentence)
         cv.addWidget(self.summary)
-        cv.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(content)
-        scroll.setMinimumHeight(220)
-        sv.addWidget(scroll, 1)
+        self.layers_box = RunLayersBox(self.viewer)
         regions_box = QGroupBox("Most uncertain regions")
         rv = QVBoxLayout(regions_box)
         form = QFormLayout()
         form.addRow("highlight share", self.quantile_spin)
         rv.addLayout(form)
+        self.table.setMinimumHeight(120)
         rv.addWidget(self.table)
         nav = QHBoxLayout()
         nav.addWidget(self.prev_button)
@@ -128,18 +136,20 @@ class ReviewWidget(QWidget):
         av = QHBoxLayout(annot_box)
         av.addWidget(self.source_combo, 1)
         av.addWidget(self.annotate_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(summary_box, 1)
-        layout.addWidget(regions_box, 1)
+        layout = scroll_layout(self)
+        layout.addWidget(summary_box)
+        layout.addWidget(regions_box)
         layout.addWidget(annot_box)
+        layout.addWidget(self.layers_box)
+        layout.addStretch(1)
 
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.prev_button.clicked.connect(self.previous_region)
         self.next_button.clicked.connect(self.next_region)
         self.quantile_spin.editingFinished.connect(self._on_quantile)
         self.annotate_button.clicked.connect(lambda: self.use_as_annotation())
-        self.viewer.bind_key("n", self._key_next, overwrite=True)
-        self.viewer.bind_key("p", self._key_previous, overwrite=True)
+        self.viewer.bind_key(NEXT_KEY, self._key_next, overwrite=True)
+        self.viewer.bind_key(PREVIOUS_KEY, self._key_previous, overwrite=True)
         session = get_session(self.viewer)
         session.changed.connect(self.show_record)
         if session.current is not None:
@@ -164,12 +174,13 @@ class ReviewWidget(QWidget):
             f"<tr><td>{html.escape(k)}</td><td align='right'>&nbsp;{html.escape(v)}</td></tr>"
             for k, v in summary_rows(summary)
         )
-        self.summary.setText(f"<table>{rows}</table>")
+        self.summary.setText(f"<table width='100%'>{rows}</table>")
         self.quantile_spin.blockSignals(True)
         self.quantile_spin.setValue(100 * record.quantile)
         self.quantile_spin.blockSignals(False)
         self._fill_table()
         self._fill_sources()
+        self.layers_box.show_record(record)
 
     def _fill_table(self) -> None:
         """The summary's ranked regions (the same list ``probseg predict --json`` prints)."""
@@ -189,9 +200,12 @@ class ReviewWidget(QWidget):
         if self.record is None:
             return
         self.source_combo.addItem("consensus", ("consensus", None))
-        for what, layer in self.record.layers.items():
+        for what, meta in run_layer_metadata(self.record).items():
             if what.startswith("hypothesis:"):
-                label = layer.name.split(" · ", 1)[-1]
+                share = meta.get("share")
+                label = f"hypothesis {what.split(':')[1]}" + (
+                    f" ({100 * share:.0f}%)" if share is not None else ""
+                )
                 self.source_combo.addItem(label, ("hypothesis", int(what.split(":")[1])))
         for i in range(self.record.result.n_samples):
             self.source_combo.addItem(f"sample {i}", ("sample", i))
@@ -256,6 +270,18 @@ class ReviewWidget(QWidget):
         except ValueError as exc:
             show_error(f"probseg: {exc}")
             return None
+        # Who and which store image it is for: blind mode hides it from the next rater.
+        meta = kwargs["metadata"]["probseg"]
+        image_meta = self.record.image_layer.metadata.get("probseg") or {}
+        for key in ("store", "image_id"):
+            if image_meta.get(key) is not None:
+                meta[key] = image_meta[key]
+        rater = get_session(self.viewer).rater
+        if rater is not None:
+            meta["rater"] = rater
+        kwargs["name"] = unique_name(
+            kwargs["name"], self.record.image_name, {lay.name for lay in self.viewer.layers}
+        )
         layer = Layer.create(data, kwargs, kind)
         self.viewer.layers.append(layer)
         self.viewer.layers.selection.active = layer

@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -35,9 +34,10 @@ from napari_probseg._napari._choices import (
     card_choice,
     describe_error,
 )
-from napari_probseg._napari._layers import Placement, create_layer
+from napari_probseg._napari._layers import Placement, create_layer, is_source_image
 from napari_probseg._napari._runner import RunRequest, run_job
-from napari_probseg._napari._session import land_stepwise
+from napari_probseg._napari._scroll import content_height, scroll_layout
+from napari_probseg._napari._session import land_stepwise, run_warnings
 from napari_probseg.models.errors import UntrustedModelError
 
 #: The model-list entry that opens a folder dialog (nnU-Net trained-model folder, MONAI bundle).
@@ -138,12 +138,14 @@ class RunWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
+        # Compact: the panel takes the height of its form, the review panel below it the rest.
+        self.setMaximumHeight(content_height(self) + 60)
         self._set_models(bundled_choices())
         self.model_combo.activated.connect(self._on_model_activated)
         self.model_combo.currentIndexChanged.connect(self._refresh_methods)
@@ -152,15 +154,19 @@ class RunWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.viewer.layers.events.reordered.connect(self._refresh_images)
+        self.image_combo.currentIndexChanged.connect(self._match_model_to_image)
         self._refresh_images()
+        self._match_model_to_image()
 
     # ------------------------------------------------------------------ choices
     def _image_layers(self) -> list[Image]:
-        return [
-            layer
-            for layer in self.viewer.layers
-            if isinstance(layer, Image) and not layer.rgb and "probseg" not in layer.metadata
-        ]
+        # Input images only (plain or store images), never the maps a run produced.
+        return [layer for layer in self.viewer.layers if is_source_image(layer)]
+
+    def current_image(self) -> Image | None:
+        """The chosen image layer, or None."""
+        name = self.image_combo.currentText()
+        return next((lay for lay in self._image_layers() if lay.name == name), None)
 
     def _refresh_images(self, *_: Any) -> None:
         current = self.image_combo.currentText()
@@ -171,6 +177,18 @@ class RunWidget(QWidget):
         if current in names:
             self.image_combo.setCurrentText(current)
         self.image_combo.blockSignals(False)
+        if self.image_combo.currentText() != current:
+            self._match_model_to_image()
+
+    def _match_model_to_image(self, *_: Any) -> None:
+        """Choose a model of the image's dimensionality when the chosen one does not fit."""
+        layer = self.current_image()
+        choice = self.current_model()
+        if layer is None or (choice is not None and choice.spatial_dims == layer.ndim):
+            return
+        fitting = [i for i, c in enumerate(self._models) if c.spatial_dims == layer.ndim]
+        if fitting:
+            self.model_combo.setCurrentIndex(fitting[0])
 
     def _set_models(self, choices: list[ModelChoice], select: str | None = None) -> None:
         self._models = choices
@@ -307,10 +325,7 @@ class RunWidget(QWidget):
         """Start a run in a napari thread worker; return the worker (None if not started)."""
         if self.running:
             return None
-        layer = next(
-            (lay for lay in self._image_layers() if lay.name == self.image_combo.currentText()),
-            None,
-        )
+        layer = self.current_image()
         choice = self.current_model()
         if layer is None or choice is None or not self.method_combo.currentText():
             show_error("probseg: choose an image layer, a model and a method first.")
@@ -409,9 +424,11 @@ class RunWidget(QWidget):
         self.last_record = record
         if record is not None:
             res = output.result
+            warnings = run_warnings(res)
             self.status.setText(
                 f"Done: {res.method}, N={res.n_samples}, seed {output.request.seed}, "
                 f"on {res.provenance.get('device', output.request.device)}."
+                + "".join(f"\n⚠ {w}" for w in warnings)
             )
         else:
             self.status.setText("Result dropped: the image changed during the run.")

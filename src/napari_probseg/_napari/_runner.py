@@ -143,6 +143,11 @@ def _job(
     is_cancelled = _as_check(cancel)
     device = resolve_device(request.device)
     if isinstance(request.model, str | Path):
+        # Loading (imports, weights) takes seconds on a first run: say so instead of "Running…".
+        yield engine.Progress(
+            "prepare", 0, request.n_samples, 0, 0, 0.0,
+            f"loading model {Path(str(request.model)).name} ({request.method}) on {device}…",
+        )  # fmt: skip
         method = load_method(request.model, request.method, device=device, trust=request.trust)
     else:
         method = request.model
@@ -160,6 +165,10 @@ def _job(
     )
     if is_cancelled():
         raise engine.Cancelled("cancelled before drawing the layers")
+    yield engine.Progress(
+        "finalize", request.n_samples, request.n_samples, 0, 0, 1.0,
+        "drawing contours, regions and maps…",
+    )  # fmt: skip
     layers = prediction_layers(result, placement, quantile=request.quantile)
     # The one summary (scores, verdict, warnings), computed here off the GUI thread; the review
     # panel only renders it.
