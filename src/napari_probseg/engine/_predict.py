@@ -64,14 +64,20 @@ def predict(
     :func:`run_prediction`). Cheap argument checks run at call time; the work runs as the
     generator is consumed. The same generator serves the CLI, the tests and the napari worker.
 
-    Loop order: sample batches outer, windows (tiles, slices) inner. A CPU ``torch.Generator`` is
-    re-seeded with ``seed`` for every window and batch, and ``method.sample`` gets the global
-    index of the batch's first hypothesis (``first_index``), so hypothesis ``i`` is the same in
-    every tile and whatever the batch size or memory budget (see the Method interface). The batch's windows are
-    blended (edge-ramp weights, see engine/_tiling.py) into one ``(b, K, *spatial)`` float32 buffer on the CPU, which
-    updates a :class:`~napari_probseg.core.uncertainty.UncertaintyAccumulator` and is stored as
-    ``uint8`` argmax labels. Peak memory: ``b*K*V`` float32 + ``(2K+1)*V`` float64 sums +
-    ``N*V`` bytes of labels.
+    Loop order (whole-image path): sample batches outer, windows (tiles, slices) inner. A CPU
+    ``torch.Generator`` is re-seeded with ``seed`` for every window and batch, and
+    ``method.sample`` gets the global index of the batch's first hypothesis (``first_index``), so
+    hypothesis ``i`` is the same in every tile and whatever the batch size or memory budget (see
+    the Method interface). The batch's windows are blended (edge-ramp weights, see
+    engine/_tiling.py) into one ``(b, K, *spatial)`` float32 buffer on the CPU, which updates a
+    :class:`~napari_probseg.core.uncertainty.UncertaintyAccumulator` and is stored as ``uint8``
+    argmax labels. Peak memory: ``b*K*V`` float32 + ``(2K+1)*V`` float64 sums + ``N*V`` bytes.
+
+    Before computing, the memory of that path is estimated (image size, K, N, tile plan, dtype)
+    and compared with what the process may still allocate; when it does not fit, the engine
+    streams slab by slab instead (``engine/_stream.py``: memory of one slab of tiles, outputs
+    optionally on disk via ``output``), and when even that does not fit it raises
+    ``MemoryError`` at once, saying how much is needed and how much is available.
 
     Parameters
     ----------
@@ -850,11 +856,16 @@ def _run_slabs(
         block = read_rows(arr, slab.lo, img_hi) if img_hi > slab.lo else None
         if block is None:  # only padding rows (cannot happen: tiles start inside the image)
             block = np.zeros((arr.shape[0], 1, *rest_img), np.float32)
-        x_block = pad_image(normalize(block, norm_frozen), (rows, *rest_pad))
+        x_block = pad_image(_normalize_rows(block, norm_frozen), (rows, *rest_pad))
         x_block = torch.from_numpy(np.ascontiguousarray(x_block))
         del block
         n_final = min(slab.final, spatial[0]) - slab.lo
-        acc = UncertaintyAccumulator(k, spatial_dims=len(spatial))
+        # one accumulator per chunk of FINAL_CHUNK_ROWS final rows: the same float64 sums in
+        # total, but each chunk's maps are built (and freed) on their own
+        accs = [
+            UncertaintyAccumulator(k, spatial_dims=len(spatial))
+            for _ in range(0, max(n_final, 0), FINAL_CHUNK_ROWS)
+        ]
         next_carry = None
         carry_rows = slab.hi - slab.final
         if n_lead == 0 and plan.tiled:
@@ -931,7 +942,9 @@ def _run_slabs(
                         rows_done = slice(slab.lo + a, slab.lo + min(n_final, a + FINAL_CHUNK_ROWS))
                         volumes += _write_maps(outputs, part.result(), rows_done)
                 else:
-                    acc.update(probs_np)
+                    for c, part in enumerate(accs):
+                        a = c * FINAL_CHUNK_ROWS
+                        part.update(probs_np[:, :, a : a + FINAL_CHUNK_ROWS])
                 if outputs.get("samples") is not None:
                     labels = np.empty((bj, *probs_np.shape[2:]), outputs["samples"].dtype)
                     _argmax_into(probs_np, labels)
@@ -940,10 +953,23 @@ def _run_slabs(
             buf = None
             done += bj
         carry = next_carry
-        if n_final > 0 and acc.n_samples:
-            volumes += _write_maps(outputs, acc.result(), slice(slab.lo, slab.lo + n_final))
-        del acc, x_block
+        for c, part in enumerate(accs):
+            if part.n_samples:
+                a = slab.lo + c * FINAL_CHUNK_ROWS
+                rows_done = slice(a, min(slab.lo + n_final, a + FINAL_CHUNK_ROWS))
+                volumes += _write_maps(outputs, part.result(), rows_done)
+            accs[c] = None  # free each chunk's sums once written
+        del accs, x_block
     return volumes, b
+
+
+def _normalize_rows(block: np.ndarray, spec: dict, rows: int = 8) -> np.ndarray:
+    """Apply a pointwise normalization to ``block`` (C, n, ...) a few rows at a time (the
+    normalization works in float64; this keeps that copy to ``rows`` rows)."""
+    out = np.empty(block.shape, np.float32)
+    for a in range(0, block.shape[1], rows):
+        out[:, a : a + rows] = normalize(block[:, a : a + rows], spec)
+    return out
 
 
 #: Rows of the first axis finalised at a time when one batch holds every sample.

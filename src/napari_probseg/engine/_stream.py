@@ -272,7 +272,7 @@ def estimate_memory(
         parts["accumulator"] = (2 * k + 1) * v * 8
     else:
         slab = slab_rows * plane
-        parts["normalized input"] = slab * 4 * 2
+        parts["normalized input"] = slab * 4 + 8 * plane * 8
         parts["blend buffer"] = b * k * slab * 4
         parts["carry"] = n * k * carry_rows * plane * 4
         parts["accumulator"] = (2 * k + 1) * final_rows * plane * 8 + (
