@@ -315,12 +315,13 @@ def _print_human(s: dict) -> None:
     if s.get("caveat"):
         print(f"note: {s['caveat']}")
     print(f"foreground: {s['foreground']['definition']} ({s['foreground']['voxels']} voxels)")
+    width = max([len(x["label"]) for x in s["scores"]] + [20])
     for score in s["scores"]:
         value = "nan" if score["value"] is None else f"{score['value']:.4g}"
-        print(f"  {score['label']:<42} {score['aggregation']:<22} {value}")
+        print(f"  {score['label']:<{width}} {score['aggregation']:<22} {value}")
     for m in s["structure"]:
         value = "nan" if m["value"] is None else f"{m['value']:.4g}"
-        print(f"  {m['measure']:<42} {value:<10} ({m['aggregation']})")
+        print(f"  {m['measure']:<{width}} {value:<10} ({m['aggregation']})")
     regions = s["regions"]
     top = regions["top"]
     print(
