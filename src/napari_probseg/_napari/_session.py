@@ -28,7 +28,7 @@ from napari_probseg._napari._runner import RunOutput
 #: Layers a new run of the same image never replaces: the users' annotation and edit layers.
 _KEPT = ("annotation", "store-edit")
 #: Most contour paths re-added to the existing Shapes layer on a re-run (see ``_updatable``).
-MAX_PATHS_IN_PLACE = 150
+MAX_PATHS_IN_PLACE = 400
 
 
 @dataclass
