@@ -301,3 +301,15 @@ def test_dice_matrix_matches_definition(masks):
     np.testing.assert_allclose(np.diag(d), 1.0)
     for i, j in itertools.combinations(range(4), 2):
         assert d[i, j] == pytest.approx(_dice_by_definition(masks[i], masks[j]))
+
+
+def test_agreement_is_computed_in_core():
+    from napari_probseg._napari import _annotation_model
+    from napari_probseg.core import agreement as core_agreement
+
+    assert _annotation_model.agreement is core_agreement.agreement
+    a = np.zeros((4, 4), np.uint8)
+    b = a.copy()
+    a[:2, :2] = 1
+    b[:2, :1] = 1
+    np.testing.assert_allclose(core_agreement.dice_matrix(np.stack([a, b]))[0, 1], 2 * 2 / (4 + 2))

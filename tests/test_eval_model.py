@@ -1,6 +1,7 @@
-"""Qt-free logic of the researcher panels (_napari._eval_model, _eval_observer): references, rater
-layers, calibration of an image and of a real store, temperature, observer metrics, conformal
-bands, the reliability diagram on an Agg figure. Known answers from the definitions."""
+"""Headless reports of the researcher panels (evaluation.store_reports) and the panels' rater-layer
+helper (_napari._eval_model): references, rater layers, calibration of an image and of a real
+store, temperature, observer metrics, conformal bands, the reliability diagram on an Agg figure.
+Known answers from the definitions."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from napari_probseg._napari import _eval_model as em
-from napari_probseg._napari import _eval_observer as eo
+from napari_probseg._napari import _eval_model as layer_helpers
+from napari_probseg.evaluation import store_reports as em
+from napari_probseg.evaluation import store_reports as eo
 from napari_probseg.metrics import ConformalBands, calibration, ged, hm_iou, ncc
 from napari_probseg.store import ProjectStore
 
@@ -204,7 +206,7 @@ def test_store_conformal_pairs_excludes_the_current_image_by_signature(store):
 
     # The current image under another name (a viewer layer not opened from the store).
     current = image_signature(np.asarray(store.read_image("b")[0]))
-    pairs, ids = eo.store_conformal_pairs(
+    _pairs, ids = eo.store_conformal_pairs(
         store, exclude=["not-in-store"], exclude_signatures=[current]
     )
     assert ids == ["a"]
@@ -240,7 +242,7 @@ def test_rater_layers_pick_labels_of_the_image():
         metadata={"probseg": {"what": "conformal-inner"}},
     )
     layers = [img, plain, other_shape, run_layer, store_ann, other_img, old, band]
-    assert em.rater_layers(layers, img) == [plain, store_ann]
+    assert layer_helpers.rater_layers(layers, img) == [plain, store_ann]
 
 
 def test_reliability_diagram_has_one_bar_per_bin():

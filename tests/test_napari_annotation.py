@@ -447,3 +447,29 @@ def test_closing_with_unsaved_edits_says_a_draft_was_kept(make_napari_viewer, tm
     panel.close()
     assert "alice" in panel.store.draft_raters("img")
     assert any("viewer is closing" in n and "draft" in n for n in _notes("WARNING"))
+
+
+def test_a_run_saved_from_the_run_panel_is_the_source_run_of_an_annotation(
+    make_napari_viewer, qtbot, tmp_path
+):
+    from napari_probseg._napari._review_widget import ReviewWidget
+    from napari_probseg._napari._run_widget import RunWidget
+
+    viewer = make_napari_viewer()
+    _land_run(viewer)
+    panel = AnnotationWidget(viewer)
+    run_panel = RunWidget(viewer)
+    assert not run_panel.save_button.isEnabled()  # no store yet
+    panel.open_store(tmp_path / "p.zarr")
+    panel.add_image_layer(layer=viewer.layers["img"])
+    assert run_panel.save_button.isEnabled()  # the panels observe the viewer's session
+    worker = run_panel.save_to_store()
+    assert worker is not None
+    qtbot.waitUntil(lambda: run_panel.save_worker is None, timeout=60_000)
+    run_id = run_panel.saved_run_id
+    assert run_id and run_id in [p["run_id"] for p in panel.store.list_predictions("img")]
+    panel.set_rater("dora", "expert")
+    hyp = ReviewWidget(viewer).use_as_annotation(("sample", 2))
+    panel.start_editing("hypothesis", hyp)
+    hyp.paint((4, 4), 1)
+    assert panel.save().version.source_run == run_id

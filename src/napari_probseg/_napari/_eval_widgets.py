@@ -19,7 +19,6 @@ from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QListWidget, QSpinBox
 
 from napari_probseg._napari import _eval_model as model
-from napari_probseg._napari import _eval_observer as observer
 from napari_probseg._napari._eval_base import (
     INNER_COLOR,
     NO_RATERS,
@@ -33,6 +32,7 @@ from napari_probseg._napari._eval_base import (
     unchanged,
 )
 from napari_probseg._napari._layers import layer_name
+from napari_probseg.evaluation import store_reports as observer
 from napari_probseg.store import StoreError
 
 __all__ = ["CalibrationWidget", "ConformalWidget", "ObserverWidget"]

@@ -172,7 +172,7 @@ def contour_paths(mask: np.ndarray, *, tolerance: float = 0.0) -> list[np.ndarra
 
 
 def sample_contours(
-    samples: np.ndarray, *, max_paths: int = 600, min_vertices: int = 6, max_per_mask: int = 4
+    samples: np.ndarray, *, max_paths: int = 400, min_vertices: int = 6, max_per_mask: int = 4
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Return the foreground contour of every sample, per plane in 3D.
 

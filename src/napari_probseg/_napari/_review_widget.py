@@ -276,6 +276,8 @@ class ReviewWidget(QWidget):
         for key in ("store", "image_id"):
             if image_meta.get(key) is not None:
                 meta[key] = image_meta[key]
+        if self.record.run_id is not None:  # saved to the store: a real source run
+            meta["run_id"] = self.record.run_id
         rater = get_session(self.viewer).rater
         if rater is not None:
             meta["rater"] = rater

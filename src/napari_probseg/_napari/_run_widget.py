@@ -37,7 +37,13 @@ from napari_probseg._napari._choices import (
 from napari_probseg._napari._layers import Placement, create_layer, is_source_image
 from napari_probseg._napari._runner import RunRequest, run_job
 from napari_probseg._napari._scroll import content_height, scroll_layout
-from napari_probseg._napari._session import land_stepwise, run_warnings
+from napari_probseg._napari._session import (
+    get_session,
+    land_stepwise,
+    run_warnings,
+    stamp_run_id,
+    store_image_id,
+)
 from napari_probseg.models.errors import UntrustedModelError
 
 #: The model-list entry that opens a folder dialog (nnU-Net trained-model folder, MONAI bundle).
@@ -125,6 +131,15 @@ class RunWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        self.save_button = QPushButton("Save run to store")
+        self.save_button.setToolTip(
+            "Save the newest run of this viewer as a prediction run of the open project store "
+            "(as `probseg predict --store` does): annotations started from its hypotheses then "
+            "record it as their source run"
+        )
+        self.save_button.setEnabled(False)
+        self.save_worker: Any = None
+        self.saved_run_id: str | None = None
         self.status = QLabel("Ready.")
         self.status.setWordWrap(True)
 
@@ -141,6 +156,7 @@ class RunWidget(QWidget):
         layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        layout.addWidget(self.save_button)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
@@ -150,6 +166,10 @@ class RunWidget(QWidget):
         self.model_combo.activated.connect(self._on_model_activated)
         self.model_combo.currentIndexChanged.connect(self._refresh_methods)
         self.run_button.clicked.connect(self.run)
+        self.save_button.clicked.connect(lambda: self.save_to_store())
+        session = get_session(self.viewer)
+        session.changed.connect(lambda *_: self._update_save_button())
+        session.store_changed.connect(lambda *_: self._update_save_button())
         self.cancel_button.clicked.connect(self.cancel)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
@@ -314,6 +334,66 @@ class RunWidget(QWidget):
             self.seed_spin.setValue(seed)
         if device is not None:
             self.device_combo.setCurrentText(device)
+
+    # ------------------------------------------------------------------ store
+    def _update_save_button(self) -> None:
+        session = get_session(self.viewer)
+        self.save_button.setEnabled(
+            session.store is not None and session.current is not None and self.save_worker is None
+        )
+
+    def save_to_store(self) -> Any:
+        """Save the viewer's newest run to the open store (a worker); return the worker or None.
+
+        The run's image must be an image of that store (opened from it or added with the
+        annotation panel). When it is saved, every layer of the run (and each "Use as annotation"
+        copy of it) records the run id, which annotations started from it keep as ``source_run``.
+        """
+        from napari.qt.threading import create_worker
+
+        from napari_probseg.evaluation import save_run
+
+        session = get_session(self.viewer)
+        record, store = session.current, session.store
+        if record is None or store is None:
+            show_error("probseg: open a project store (Annotate panel) and run a model first.")
+            return None
+        image_id = store_image_id(record.image_layer, store)
+        if image_id is None:
+            show_error(
+                f"probseg: '{record.image_name}' is not an image of the open store: add it with "
+                "'Add current image layer' in the Annotate panel first."
+            )
+            return None
+        worker = create_worker(
+            save_run,
+            store,
+            image_id,
+            record.result,
+            metadata={"saved_from": "napari run panel"},
+            _start_thread=False,
+            _ignore_errors=True,
+        )
+        worker.returned.connect(lambda run_id: self._on_saved(record, image_id, run_id))
+        worker.errored.connect(
+            lambda exc: show_error(f"probseg: saving the run failed: {describe_error(exc)}")
+        )
+        worker.finished.connect(self._on_save_finished)
+        self.save_worker = worker
+        self._update_save_button()
+        self.status.setText(f"Saving the run to {store.path.name}…")
+        worker.start()
+        return worker
+
+    def _on_saved(self, record: Any, image_id: str, run_id: str) -> None:
+        stamp_run_id(self.viewer, record, run_id)
+        self.saved_run_id = run_id
+        self.status.setText(f"Saved as run {run_id!r} of {image_id!r}.")
+        show_info(f"probseg: saved the run as {run_id!r} of store image {image_id!r}")
+
+    def _on_save_finished(self) -> None:
+        self.save_worker = None
+        self._update_save_button()
 
     # ------------------------------------------------------------------ running
     @property

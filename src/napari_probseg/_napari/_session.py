@@ -28,7 +28,7 @@ from napari_probseg._napari._runner import RunOutput
 #: Layers a new run of the same image never replaces: the users' annotation and edit layers.
 _KEPT = ("annotation", "store-edit")
 #: Most contour paths re-added to the existing Shapes layer on a re-run (see ``_updatable``).
-MAX_PATHS_IN_PLACE = 150
+MAX_PATHS_IN_PLACE = 400
 
 
 @dataclass
@@ -57,6 +57,7 @@ class RunRecord:
     pending: dict[str, Any] = field(default_factory=dict)
     regions: dict[str, list] = field(default_factory=dict)
     quantile: float = 0.05
+    run_id: str | None = None
 
     @property
     def result(self) -> Any:
@@ -386,6 +387,37 @@ def layer_data(record: RunRecord, what: str) -> Any:
     if item is None:
         return None
     return item[0] if isinstance(item, tuple) else item.data
+
+
+def store_image_id(image_layer: Any, store: Any) -> str | None:
+    """The id of ``image_layer`` in ``store`` (an image opened from or added to it), else None."""
+    from pathlib import Path
+
+    meta = (image_layer.metadata or {}).get("probseg") or {}
+    image_id, path = meta.get("image_id"), meta.get("store")
+    if meta.get("what") != "store-image" or not image_id or not path:
+        return None
+    if Path(path).resolve() != Path(store.path).resolve():
+        return None
+    return str(image_id) if image_id in store.image_ids() else None
+
+
+def stamp_run_id(viewer: Any, record: RunRecord, run_id: str) -> None:
+    """Record that ``record`` was saved as store run ``run_id``, on its layers and on the
+    "Use as annotation" copies made from it (their ``source_run``)."""
+    record.run_id = run_id
+    signature = record.result.input_signature
+    metas = list(run_layer_metadata(record).values())
+    for layer in viewer.layers:
+        meta = (layer.metadata or {}).get("probseg") if isinstance(layer.metadata, dict) else None
+        if isinstance(meta, dict) and meta.get("what") == "annotation":
+            same = meta.get("input_signature") == signature and (
+                meta.get("provenance") == dict(record.result.provenance)
+            )
+            if same:
+                metas.append(meta)
+    for meta in metas:
+        meta["run_id"] = run_id
 
 
 def run_layer_metadata(record: RunRecord) -> dict[str, dict]:
