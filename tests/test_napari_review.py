@@ -119,6 +119,16 @@ def test_region_keys_work_while_a_labels_layer_paints(make_napari_viewer, qtbot)
     assert labels.mode == "paint"  # the keys did not switch the Labels tool
 
 
+def test_run_layers_have_short_names_and_say_image_and_run_in_the_tooltip(make_napari_viewer):
+    viewer = make_napari_viewer()
+    record = _land(viewer)
+    hyp = record.layers["hypotheses"]
+    assert hyp.name == "hypotheses (N=8)"
+    tip = hyp.get_source_str()
+    assert "image img" in tip and "mc_dropout, N = 8" in tip
+    assert viewer.dims.axis_labels[0] == "sample"  # not "-3"
+
+
 def test_region_keys_in_the_3d_view(make_napari_viewer):
     viewer = make_napari_viewer()
     record = _land(viewer, ndim=3, two=True)

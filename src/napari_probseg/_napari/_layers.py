@@ -82,7 +82,30 @@ def create_layer(data: Any, kwargs: dict, layer_type: str) -> Any:
     layer = Layer.create(data, kw, layer_type)
     for attr, value in post.items():
         setattr(layer, attr, value)
+    _set_tooltip(layer)
     return layer
+
+
+def layer_tooltip(meta: dict) -> str:
+    """Image and run of a run's layer, for the layer list's tooltip (names stay short)."""
+    prov = meta.get("provenance") or {}
+    run = (
+        f"{meta.get('method', '?')}, N = {meta.get('n_samples', '?')}, seed {prov.get('seed', '?')}"
+    )
+    return f"image {meta.get('image', '?')} · run {run}".replace("/", "∕")
+
+
+def _set_tooltip(layer: Any) -> None:
+    """napari's layer list shows a layer's source as its tooltip: make it the image and run."""
+    meta = (layer.metadata or {}).get("probseg") if isinstance(layer.metadata, dict) else None
+    if not isinstance(meta, dict) or "image" not in meta:
+        return
+    try:  # private in napari 0.9 (``Layer._source``); without it only the tooltip is plainer
+        from napari.layers._source import Source
+
+        layer._source = Source(path=layer_tooltip(meta), reader_plugin="napari-probseg")
+    except (ImportError, AttributeError, TypeError, ValueError):
+        pass
 
 
 def layer_name(image_name: str, what: str) -> str:
