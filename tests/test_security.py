@@ -339,3 +339,19 @@ def test_names_read_from_the_store_never_become_paths(tmp_path, outside):
         str(store.path / "images/img/predictions/run1/zarr.json")
     ]
     assert snapshot(outside) == before
+
+
+def test_save_result_api_never_deletes_a_foreign_folder(outside):
+    """``engine.save_result(overwrite=True)`` from Python is guarded like ``--overwrite``."""
+    from model_helpers import tiny_card
+    from napari_probseg import engine
+    from napari_probseg.data.synthetic import sample_case
+    from napari_probseg.models import load_method
+
+    before = snapshot(outside)
+    method = load_method(tiny_card(outside.parent / "models"), "softmax")
+    image, _, _ = sample_case(2)
+    result = engine.run_prediction(image, method, n_samples=1)
+    with pytest.raises(FileExistsError, match="not a probseg prediction output"):
+        engine.save_result(result, outside, overwrite=True)
+    assert snapshot(outside) == before

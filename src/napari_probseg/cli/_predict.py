@@ -143,25 +143,13 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CLIError(f"seed: expected >= 0, got {args.seed}")
 
 
-def is_prediction_output(path: Path) -> bool:
-    """Whether ``path`` is a folder written by ``probseg predict`` (its root zarr attributes say
-    ``napari_probseg.kind == "prediction"``); only such a folder may be replaced."""
-    meta = path / "zarr.json"
-    if path.is_symlink() or not path.is_dir() or meta.is_symlink() or not meta.is_file():
-        return False
-    try:
-        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
-        return attrs.get("napari_probseg", {}).get("kind") == "prediction"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _check_out(out: Path, *, overwrite: bool) -> None:
     """Refuse an ``--out`` that cannot be written, or one ``--overwrite`` must not delete --
     before the (long) prediction runs."""
     import tempfile
 
     from napari_probseg.cli import CLIError
+    from napari_probseg.engine._io import is_prediction_output
 
     if out.exists() or out.is_symlink():
         if not overwrite:

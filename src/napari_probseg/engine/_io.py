@@ -54,6 +54,19 @@ def _chunks(shape: tuple[int, ...], lead: int) -> tuple[int, ...]:
     return (1,) * lead + tuple(min(s, edge) for s in spatial)
 
 
+def is_prediction_output(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``probseg predict`` (its root zarr attributes say
+    ``napari_probseg.kind == "prediction"``); only such a folder may be replaced."""
+    meta = path / "zarr.json"
+    if path.is_symlink() or not path.is_dir() or meta.is_symlink() or not meta.is_file():
+        return False
+    try:
+        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
+        return attrs.get("napari_probseg", {}).get("kind") == "prediction"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def save_result(
     result: PredictionResult,
     path: str | os.PathLike,
@@ -99,10 +112,16 @@ def save_result(
         # predict(..., output=path) already streamed the arrays here: only the attributes change
         write_result_attrs(result, path, regions=regions)
         return path
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"out: {path} exists (pass overwrite=True / --overwrite to replace it)"
-        )
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(
+                f"out: {path} exists (pass overwrite=True / --overwrite to replace it)"
+            )
+        if not is_prediction_output(path):
+            # never delete a folder that is not recognisably ours (a home folder, a store, a link)
+            raise FileExistsError(
+                f"out: {path} is not a probseg prediction output; refusing to replace it"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
