@@ -88,13 +88,14 @@ def test_cli_on_nibabel_mri_keeps_spacing(tmp_path):
     # assert summary["domain"]["in_domain"] is False
 
 
-def test_cli_on_4d_nifti_needs_a_channel(tmp_path):
-    run = _probseg(
-        "predict", str(EXAMPLE4D), "--model", "lesions3d-unet", "--out", str(tmp_path / "a.zarr"),
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert "--channel" in run.stderr
+def test_cli_on_4d_nifti_needs_a_channel(tmp_path, capsys):
+    from napari_probseg.cli import main
+
+    code = main(
+        ["predict", str(EXAMPLE4D), "--model", "lesions3d-unet", "--out", str(tmp_path / "a.zarr")]
+    )
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and "--channel" in err
     run = _probseg(
         "predict", str(EXAMPLE4D), "--model", "lesions3d-unet", "--method", "softmax",
         "--channel", "1", "--out", str(tmp_path / "b.zarr"), "--json", cwd=tmp_path,
