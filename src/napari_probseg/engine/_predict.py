@@ -20,6 +20,7 @@ from napari_probseg.engine._device import (
     release_cached_memory,
     resolve_device,
 )
+from napari_probseg.engine._domain import check_domain
 from napari_probseg.engine._normalize import normalize, parse_normalization
 from napari_probseg.engine._provenance import image_signature, package_versions, utc_now
 from napari_probseg.engine._tiling import TilePlan, crop, pad_image, plan_tiles
@@ -327,7 +328,10 @@ def _run(
                 f"scale: image spacing {mine} differs from the model's training spacing {ref}; "
                 "the engine does not resample, so results may be off (resample the image first)"
             )
-    x_np = pad_image(normalize(arr, norm), plan.padded_shape)
+    x_norm = normalize(arr, norm)
+    domain = check_domain(x_norm, card, scale=scale if scale_given else None)  # ood: input check
+    notes.extend(domain["warnings"])
+    x_np = pad_image(x_norm, plan.padded_shape)
     x_full = torch.from_numpy(np.ascontiguousarray(x_np))
     method = method.to(dev)
     if batch_size is None:
@@ -464,6 +468,7 @@ def _run(
         "input_dtype": str(np.asarray(arr).dtype),
         "timings": {key: round(val, 4) for key, val in timings.items()},
         "warnings": notes,
+        "domain": domain,
     }
     return PredictionResult(
         samples=samples,
