@@ -88,3 +88,15 @@ def test_engine_records_the_check_and_appends_its_warnings(tmp_path, training_qu
     lesion = make_lesions(1, seed=4000, shape=(64, 64)).images[0]
     ok = run_prediction(lesion, method, n_samples=2, seed=0, device="cpu").provenance["domain"]
     assert ok["in_domain"] is True
+
+
+def test_probseg_models_says_what_each_model_was_trained_on(capsys):
+    from napari_probseg.cli import main
+
+    assert main(["models", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)["models"]
+    bundled = [m for m in listing if m["origin"] == "bundled"]
+    assert bundled and all(m["synthetic"] and "make_lesions" in m["trained_on"] for m in bundled)
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("SYNTHETIC data only") == len(bundled)

@@ -104,7 +104,7 @@ def test_valid_specs_parse_idempotently_and_pass_card_validation(spec):
         ({"kind": "window", "window": [5, 5]}, "normalization.window"),
         ({"kind": "window"}, "normalization: window needs"),
         ({"kind": "zscore", "offset": 1}, "normalization: unknown key"),
-        ({"kind": "magic"}, "normalization.kind"),
+        ({"kind": "magic"}, "normalization: unknown normalization.kind"),
     ],
 )
 def test_bad_specs_name_the_field_in_engine_and_card(spec, field):

@@ -114,7 +114,8 @@ def parse_normalization(spec: Any) -> dict:
     mode = _ALIASES.get(raw_kind.lower().strip()) if isinstance(raw_kind, str) else None
     if mode is None:
         raise ValueError(
-            f"normalization.kind: unknown kind {raw_kind!r}; expected one of {', '.join(MODES)}"
+            f"normalization: unknown normalization.kind {raw_kind!r}; expected one of "
+            f"{', '.join(MODES)}"
         )
     unknown = sorted(set(params) - _KEYS[mode])
     if unknown:

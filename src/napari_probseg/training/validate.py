@@ -44,6 +44,14 @@ ROWS = [  # (card, method)
     ("lesions2d-ssn", "ssn"),
     ("lesions2d-prob-unet", "prob_unet"),
 ]
+#: The test-time-augmentation compositions, added by ``--all-methods``.
+TTA_ROWS = [
+    ("lesions2d-unet", "tta+mc_dropout"),
+    ("lesions2d-unet", "tta+laplace"),
+    ("lesions2d-ensemble", "tta+ensemble"),
+    ("lesions2d-ssn", "tta+ssn"),
+    ("lesions2d-prob-unet", "tta+prob_unet"),
+]
 
 #: The epistemic image-level score compared with the card reference's 0.95 quantile
 #: (methods without MI: the predictive entropy, same aggregation).
@@ -156,11 +164,15 @@ def _report(results: dict, *, n_images: int, seed: int, n_samples: int, sev: int
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         ind, out = r["per"][0], r["per"][sev]
-        mi_key = _fallback_score("mutual_information/mean", ind[0]["scores"])
+        has_mi = "mutual_information/mean" in ind[0]["scores"]
+
+        def mi(rows: list[dict[str, Any]], _has: bool = has_mi) -> str:
+            return f"{np.nanmean(_values(rows, 'mutual_information/mean')):.4f}" if _has else "n/a"
+
         print(
             f"| {r['model']} | {name} | {r['source']} | {np.mean([x['dice'] for x in ind]):.3f} | "
-            f"{np.mean([x['ged16'] for x in ind]):.3f} | {np.nanmean(_values(ind, mi_key)):.4f} | "
-            f"{np.nanmean(_values(out, mi_key)):.4f} | {max(x['area_ratio'] for x in ind):.2f} |"
+            f"{np.mean([x['ged16'] for x in ind]):.3f} | {mi(ind)} | {mi(out)} | "
+            f"{max(x['area_ratio'] for x in ind):.2f} |"
         )
     # 2. AUROC of every score
     print(
@@ -288,9 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="*", default=None, help="method names (default: all)")
+    parser.add_argument(
+        "--all-methods", action="store_true", help="also the TTA compositions (tta+ssn, ...)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [r for r in ROWS if args.methods is None or r[1] in args.methods]
+    candidates = ROWS + (TTA_ROWS if args.all_methods else [])
+    rows = [r for r in candidates if args.methods is None or r[1] in args.methods]
     t0 = time.perf_counter()
     _, ok = run(args.n_images, args.seed, rows=rows, log=lambda m: print(m, file=sys.stderr))
     print(f"\n({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
