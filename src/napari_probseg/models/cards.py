@@ -102,7 +102,6 @@ class ModelCard:
         ``wrapper`` (one of `WRAPPERS`), ``network`` (a name in ``monai.networks.nets``) or
         ``factory`` (``"module:callable"``), ``args`` (keyword arguments) and wrapper-specific keys:
         ``dropout_mode`` ("channel" | "element"), ``members`` (ensemble), ``rank`` (ssn),
-        ``roi`` (ssn, optional: ``{"margin": px, "threshold": p}``, see ``SSNNet``),
         ``latent_dim`` (prob_unet), ``feature_layer`` (the 1x1 output conv cut off to get features,
         default ``"final_conv"``), ``last_layer`` (laplace, default ``"final_conv"``).
     weights : dict

@@ -203,29 +203,12 @@ class SSNNet(nn.Module):
     ``N(mu, P P^T + diag(D))``; ``forward`` returns its parameters.
 
     Returns of ``forward``: ``mu`` (B, K, *S), ``factor`` P (B, K, R, *S), ``diag`` D (B, K, *S) > 0.
-
-    ``roi_margin`` (pixels, optional) restricts the covariance to a region of interest derived from
-    the mean, as Monteiro et al. mask it outside the brain: P and D are multiplied by
-    ``min(1, max_{within margin} p_fg / roi_threshold)``, where ``p_fg`` is the foreground
-    probability of the mean logits (no gradient through the mask). Far from anything the mean
-    calls possibly foreground the logits are then deterministic, so a sample cannot flip the
-    background of the whole image (the first SSN drew 16384/16384-pixel foreground samples).
     """
 
     def __init__(
-        self,
-        body: nn.Module,
-        feature_channels: int,
-        n_classes: int,
-        rank: int,
-        spatial_dims: int,
-        *,
-        roi_margin: int | None = None,
-        roi_threshold: float = 0.05,
+        self, body: nn.Module, feature_channels: int, n_classes: int, rank: int, spatial_dims: int
     ) -> None:
         super().__init__()
-        self.roi_margin = None if roi_margin is None else int(roi_margin)
-        self.roi_threshold = float(roi_threshold)
         conv = _CONV[spatial_dims]
         self.body = body
         self.rank = int(rank)
@@ -248,20 +231,7 @@ class SSNNet(nn.Module):
         diag = F.softplus(self.diag_head(h)) + 1e-5
         factor = self.factor_head(h)
         factor = factor.reshape(h.shape[0], self.n_classes, self.rank, *h.shape[2:])
-        if self.roi_margin is not None:
-            roi = self.roi(mu)
-            factor = factor * roi.unsqueeze(2)
-            diag = diag * roi + 1e-5
         return mu, factor, diag
-
-    @torch.no_grad()
-    def roi(self, mu: torch.Tensor) -> torch.Tensor:
-        """Soft region of interest ``(B, 1, *S)`` in [0, 1] of the mean logits (see the class)."""
-        p_fg = 1.0 - torch.softmax(mu, dim=1)[:, :1]
-        m = int(self.roi_margin or 0)
-        pool = {4: F.max_pool2d, 5: F.max_pool3d}[mu.ndim]
-        near = pool(p_fg, 2 * m + 1, stride=1, padding=m) if m > 0 else p_fg
-        return (near / self.roi_threshold).clamp(max=1.0)
 
 
 class LatentEncoder(nn.Module):
@@ -382,16 +352,7 @@ def build_network(card: ModelCard, *, trust: bool = False) -> nn.Module:
         return MemberEnsemble([build_body(card, trust=trust) for _ in range(int(arch["members"]))])
     body, feats = _cut_feature_layer(build_body(card, trust=trust), card)
     if wrapper == "ssn":
-        roi = arch.get("roi") or {}
-        return SSNNet(
-            body,
-            feats,
-            card.n_classes,
-            int(arch["rank"]),
-            card.spatial_dims,
-            roi_margin=roi.get("margin"),
-            roi_threshold=float(roi.get("threshold", 0.05)),
-        )
+        return SSNNet(body, feats, card.n_classes, int(arch["rank"]), card.spatial_dims)
     if wrapper == "prob_unet":
         return ProbUNet(
             body,
