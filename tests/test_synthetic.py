@@ -259,3 +259,30 @@ def test_sample_case(ndim):
     np.testing.assert_array_equal(image, image2)  # fixed
     # the sample shows disagreement: the raters' masks are not all identical
     assert len({m.tobytes() for m in raters.values()}) > 1
+
+
+def test_graded_shift_severities_are_paired_and_monotone():
+    from napari_probseg.data.synthetic import shift_appearance, shift_severity
+
+    sets = {s: make_lesions(6, seed=3, shift=s, shape=(64, 64)) for s in (0, 1, 2, 3)}
+    strong = make_lesions(6, seed=3, shift=True, shape=(64, 64))
+    np.testing.assert_array_equal(strong.images, sets[3].images)  # True is severity 3
+    np.testing.assert_array_equal(make_lesions(6, seed=3, shape=(64, 64)).images, sets[0].images)
+    looks = [shift_appearance(s) for s in (0, 1, 2, 3)]
+    cnr = [a["contrast"] / a["noise"] for a in looks]
+    assert cnr == sorted(cnr, reverse=True) and cnr[0] > 5 * cnr[-1]
+    for key in ("noise", "blur", "background", "texture"):
+        assert [a[key] for a in looks] == sorted(a[key] for a in looks)
+    for s, d in sets.items():
+        np.testing.assert_array_equal(d.raters, sets[0].raters)
+        assert d.meta["shift_severity"] == s and d.meta["shift"] == (s > 0)
+    # the measured contrast-to-noise of the lesions falls with the severity
+    measured = []
+    for d in sets.values():
+        lesion, bg = d.truth.astype(bool), ~d.truth.astype(bool)
+        measured.append((d.images[lesion].mean() - d.images[bg].mean()) / d.images[bg].std())
+    assert measured == sorted(measured, reverse=True)
+    assert shift_severity(1.5) == 1.5 and shift_severity(False) == 0.0
+    for bad in (-1, 3.5, "strong"):
+        with pytest.raises(ValueError, match=r"^shift"):
+            make_lesions(1, shift=bad)

@@ -116,6 +116,17 @@ def _describe(card: Any, origin: str) -> dict:
         "spacing": list(card.spacing) if card.spacing is not None else None,
         "normalization": card.normalization,
         "description": card.description,
+        **_trained_on(card),
+    }
+
+
+def _trained_on(card: Any) -> dict:
+    """What the card says the model was trained on (``training_distribution``)."""
+    td = getattr(card, "training_distribution", None) or {}
+    return {
+        "trained_on": td.get("data") or "unknown (the card records no training distribution)",
+        "synthetic": bool(td.get("synthetic", False)),
+        "has_reference": getattr(card, "reference", None) is not None,
     }
 
 
@@ -136,6 +147,12 @@ def _run(args: argparse.Namespace) -> int:
                 f"{e['name']}  [{e['origin']}, {e['spatial_dims']}D, "
                 f"classes: {', '.join(e['classes'])}]  methods: {methods}"
             )
+            note = (
+                "  SYNTHETIC data only: a demonstration model, not validated on real images"
+                if e["synthetic"]
+                else ""
+            )
+            print(f"    trained on: {e['trained_on']}{note}")
         if entries:
             print("(* default method)")
     for problem in problems:

@@ -35,12 +35,16 @@ from napari_probseg.core._validation import check_positive_int
 
 __all__ = [
     "LESION_KINDS",
+    "MAX_SHIFT",
     "RATER_STYLES",
+    "SHIFT_SEVERITIES",
     "LesionSet",
     "make_circle_samples",
     "make_lesions",
     "make_shifted_circle",
     "sample_case",
+    "shift_appearance",
+    "shift_severity",
 ]
 
 #: Rater styles, cycled when more raters than styles are asked for.
@@ -66,11 +70,52 @@ _KIND_PARAMS: dict[
     "faint": (0.25, (0.12, 0.22), (1.2, 2.5), (0.0, 0.35)),
 }
 
-# Image appearance of the training domain and of the shifted domain (``shift=True``).
+# Image appearance of the training domain (severity 0) and of the strongest shift (severity 3,
+# ``shift=True``); severities in between interpolate linearly (see `shift_appearance`).
 _APPEARANCE: dict[bool, dict[str, float]] = {
     False: {"background": 0.15, "texture": 0.025, "contrast": 1.0, "noise": 0.04, "blur": 0.6},
     True: {"background": 0.45, "texture": 0.10, "contrast": 0.5, "noise": 0.12, "blur": 1.6},
 }
+
+#: The strongest shift severity (``shift=True``); graded severities are numbers in [0, MAX_SHIFT].
+MAX_SHIFT = 3.0
+
+#: The named severities used by ``make validate``: in-domain, mild, moderate, strong.
+SHIFT_SEVERITIES: tuple[int, ...] = (0, 1, 2, 3)
+
+
+def shift_severity(shift: bool | float) -> float:
+    """Return the severity in [0, `MAX_SHIFT`] of a ``shift`` argument of `make_lesions`.
+
+    ``False`` is 0 (the training domain), ``True`` is `MAX_SHIFT` (the strong shift of earlier
+    versions); numbers are taken as they are.
+
+    Raises
+    ------
+    ValueError
+        ``shift: ...`` for a value outside [0, `MAX_SHIFT`] or not a number.
+    """
+    if isinstance(shift, (bool, np.bool_)):
+        return MAX_SHIFT if shift else 0.0
+    try:
+        value = float(shift)
+    except (TypeError, ValueError):
+        raise ValueError(f"shift: expected a bool or a severity in [0, 3], got {shift!r}") from None
+    if not 0.0 <= value <= MAX_SHIFT:
+        raise ValueError(f"shift: expected a severity in [0, {MAX_SHIFT:g}], got {shift!r}")
+    return value
+
+
+def shift_appearance(shift: bool | float) -> dict[str, float]:
+    """Appearance of the images at a shift severity: background, texture, lesion contrast, noise and
+    blur, interpolated linearly between the training domain (0) and the strong shift (3).
+
+    Contrast falls and noise, blur, background and texture grow with the severity, so the
+    contrast-to-noise ratio falls from 25 (0) through 12 (1) and 7 (2) to 4 (3).
+    """
+    t = shift_severity(shift) / MAX_SHIFT
+    lo, hi = _APPEARANCE[False], _APPEARANCE[True]
+    return {k: float(lo[k] + t * (hi[k] - lo[k])) for k in lo}
 
 
 class LesionSet(NamedTuple):
@@ -88,7 +133,8 @@ class LesionSet(NamedTuple):
         Style of each rater (see `RATER_STYLES`), cycled when ``n_raters > 4``.
     meta : dict
         ``"rater_names"`` (unique names, e.g. ``"tight"``, ``"tight_2"``), ``"shape"``, ``"ndim"``,
-        ``"spacing"``, ``"seed"``, ``"shift"``, ``"appearance"`` (intensity model),
+        ``"spacing"``, ``"seed"``, ``"shift"`` (bool), ``"shift_severity"`` (float in [0, 3]),
+        ``"appearance"`` (intensity model),
         ``"lesions"`` (per image a list of dicts: kind, center, radii, width, contrast, and
         ``"marked_by"``: the raters who marked it) and ``"lesion_labels"`` (uint8 array
         ``(n_images, *shape)``: the index + 1 of the lesion whose soft map dominates each pixel where
@@ -238,7 +284,7 @@ def make_lesions(
     shape: tuple[int, ...] | None = None,
     spacing: tuple[float, ...] | None = None,
     n_raters: int = 4,
-    shift: bool = False,
+    shift: bool | float = False,
     seed: int = 0,
 ) -> LesionSet:
     """Generate images of lesions with ambiguous boundaries, labelled by several simulated raters.
@@ -256,11 +302,14 @@ def make_lesions(
         anisotropic spacing gives round lesions in physical space.
     n_raters : int
         Number of raters, 1 to 8; styles cycle through `RATER_STYLES`.
-    shift : bool
-        Draw the images in a shifted domain: brighter background, halved lesion contrast, three
-        times the noise, stronger blur and texture. Lesion geometry and rater masks are identical to
-        ``shift=False`` with the same seed (only the appearance stream changes), so the two are
-        paired.
+    shift : bool or float
+        Draw the images in a shifted domain of graded severity (`shift_appearance`): 0 or False is
+        the training domain; 1, 2, 3 are a mild, moderate and strong shift (brighter background,
+        lower lesion contrast, more noise, stronger blur and texture, growing linearly); True is
+        the strong shift, severity 3 (halved contrast, three times the noise). Any number in
+        [0, 3] is allowed. Lesion geometry and rater masks are identical at every severity with the
+        same seed, and so are the texture and noise fields (only their amplitudes change), so
+        images of different severities are paired.
     seed : int
         Seed of the numpy random generator; the output is a deterministic function of all arguments.
 
@@ -277,6 +326,7 @@ def make_lesions(
     ((4, 128, 128), (4, 4, 128, 128), ['tight', 'generous', 'smoothed', 'conservative'])
     """
     n_images = check_positive_int(n_images, "n_images")
+    severity = shift_severity(shift)
     if ndim not in (2, 3):
         raise ValueError(f"ndim: expected 2 or 3, got {ndim!r}")
     n_raters = check_positive_int(n_raters, "n_raters")
@@ -348,7 +398,7 @@ def make_lesions(
         # The support condition keeps jitter from drawing blobs far from any marked lesion.
         raters[:, r] = (values > params["threshold"]) & (soft_r > 0.02)
 
-    look = _APPEARANCE[bool(shift)]
+    look = shift_appearance(severity)
     look_rng = np.random.default_rng(look_ss)
     texture = _smooth_fields(look_rng, n_images, shape, 8.0 * unit / spacing_arr)
     # (a per-lesion weighted sum; tensordot/BLAS is oddly slow for these tiny leading axes)
@@ -368,7 +418,8 @@ def make_lesions(
         "shape": shape,
         "spacing": tuple(float(s) for s in spacing_arr),
         "seed": int(seed),
-        "shift": bool(shift),
+        "shift": severity > 0,
+        "shift_severity": severity,
         "rater_names": names,
         "appearance": dict(look),
         "lesions": [

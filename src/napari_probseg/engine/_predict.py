@@ -20,6 +20,7 @@ from napari_probseg.engine._device import (
     release_cached_memory,
     resolve_device,
 )
+from napari_probseg.engine._domain import check_domain
 from napari_probseg.engine._normalize import normalize, parse_normalization
 from napari_probseg.engine._provenance import image_signature, package_versions, utc_now
 from napari_probseg.engine._stream import (
@@ -389,6 +390,8 @@ def _run(
                 f"scale: image spacing {mine} differs from the model's training spacing {ref}; "
                 "the engine does not resample, so results may be off (resample the image first)"
             )
+    domain = _domain_check(arr, norm, card, scale=scale if scale_given else None)
+    notes.extend(domain["warnings"])
     method = method.to(dev)
     label_dtype = np.uint8 if k <= 256 else np.uint16
     groups = slabs(plan)
@@ -498,6 +501,7 @@ def _run(
             notes=notes,
             memory_info=memory_info,
             output_path=output_path,
+            domain=domain,
         )
     x_np = pad_image(normalize(arr, norm), plan.padded_shape)
     x_full = torch.from_numpy(np.ascontiguousarray(x_np))
@@ -621,11 +625,27 @@ def _run(
         notes=notes,
         memory_info=memory_info,
         output_path=None,
+        domain=domain,
     )
+
+
+def _domain_check(arr: Any, norm: dict, card: Any, *, scale: Any) -> dict:
+    """The input check of ``engine._domain`` on a strided subsample (at most ~2**21 voxels), so
+    that it costs no copy of a large (or lazy, zarr-backed) volume."""
+    spatial = tuple(arr.shape[1:])
+    step = max(1, int(np.ceil((float(np.prod(spatial)) / 2**21) ** (1 / max(len(spatial), 1)))))
+    try:
+        sub = np.asarray(arr[(slice(None), *(slice(None, None, step) for _ in spatial))])
+    except (TypeError, IndexError, ValueError):
+        sub = None
+    if sub is None or sub.size == 0:
+        return check_domain(np.zeros((1,) * (1 + len(spatial)), np.float32), None, scale=scale)
+    return check_domain(normalize(sub, norm), card, scale=scale)
 
 
 def _finish(
     *,
+    domain: dict,
     image,
     arr,
     method,
@@ -692,6 +712,7 @@ def _finish(
         "input_dtype": str(np.dtype(arr.dtype)),
         "timings": {key: round(val, 4) for key, val in timings.items()},
         "warnings": notes,
+        "domain": domain,
     }
     if output_path is not None:
         provenance["output"] = str(output_path)

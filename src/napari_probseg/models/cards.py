@@ -31,17 +31,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from napari_probseg.core._normalize import MODES as _NORMALIZATION_KINDS
+from napari_probseg.core._normalize import parse_normalization
 from napari_probseg.models.errors import MissingModelFileError, ModelCardError
 
 __all__ = [
     "BASE_METHODS",
+    "INTENSITY_QUANTILES",
     "NORMALIZATIONS",
+    "REFERENCE_QUANTILES",
     "SCHEMA_VERSION",
     "WEIGHT_FORMATS",
     "WRAPPERS",
@@ -55,7 +60,7 @@ SCHEMA_VERSION = 1
 WRAPPERS = ("plain", "ssn", "prob_unet", "ensemble")
 WEIGHT_FORMATS = ("safetensors", "state_dict", "torchscript", "pickle")
 # the kinds understood by the engine (napari_probseg.engine.normalize)
-NORMALIZATIONS = ("zscore", "percentile", "window", "minmax", "none")
+NORMALIZATIONS = (*(k for k in _NORMALIZATION_KINDS if k != "none"), "none")
 BASE_METHODS = ("softmax", "mc_dropout", "ensemble", "tta", "ssn", "prob_unet", "laplace")
 
 # Which base methods each wrapper kind can serve (tta composes with any of them).
@@ -121,6 +126,17 @@ class ModelCard:
         How the model was trained (data, epochs, seed...).
     metrics : dict
         Held-out metrics (e.g. Dice of the consensus, GED16).
+    training_distribution : dict or None
+        What the model was trained on, for the engine's input check
+        (``napari_probseg.engine._domain``): ``data`` (str), ``synthetic`` (bool), ``n_images``
+        (int), ``spacing`` (list of float) and ``intensity_quantiles`` (``{"0.01": v, "0.05": v,
+        "0.5": v, "0.95": v, "0.99": v}``: quantiles of the *normalised* intensities over the
+        training images). None when unknown.
+    reference : dict or None
+        The in-domain distribution, over held-out images, of each image-level score of the engine's
+        summary: ``{"data": str, "n_images": int, "methods": {<method>: {"<map>/<aggregation>" or
+        "structure/<measure>": {"n": int, "quantiles": {"0.05": v, "0.5": v, "0.95": v,
+        "0.99": v}}}}}``. None when unknown.
     schema_version : int
     path : Path or None
         File the card was read from; relative file names resolve against its folder.
@@ -140,6 +156,8 @@ class ModelCard:
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    training_distribution: dict[str, Any] | None = None
+    reference: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
     path: Path | None = field(default=None, compare=False)
 
@@ -232,13 +250,16 @@ class ModelCard:
             raise bad("patch_size", f"expected {self.spatial_dims} positive sizes")
         if self.spacing is not None and len(self.spacing) != self.spatial_dims:
             raise bad("spacing", f"expected {self.spatial_dims} values")
-        kind = self.normalization.get("kind") if isinstance(self.normalization, dict) else None
-        if kind not in NORMALIZATIONS:
-            raise bad("normalization.kind", f"expected one of {NORMALIZATIONS}, got {kind!r}")
-        if kind == "window" and not (
-            {"center", "width"} <= set(self.normalization) or "window" in self.normalization
-        ):
-            raise bad("normalization", "a window needs 'center' and 'width'")
+        if not isinstance(self.normalization, dict):
+            raise bad("normalization", f"expected a mapping, got {self.normalization!r}")
+        try:  # the engine's own parser, so a card that validates also normalises
+            parse_normalization(self.normalization)
+        except ValueError as exc:
+            raise ModelCardError(f"{exc} (card {self.name!r})") from None
+        if self.training_distribution is not None:
+            _check_training_distribution(self.training_distribution, self.spatial_dims, bad)
+        if self.reference is not None:
+            _check_reference(self.reference, bad)
         allowed = _WRAPPER_METHODS[arch.get("wrapper", "plain")]
         for m in self.methods:
             if m not in BASE_METHODS:
@@ -334,6 +355,81 @@ class ModelCard:
             return cls(**data, path=Path(path) if path is not None else None)
         except (TypeError, KeyError) as exc:
             raise ModelCardError(f"card: invalid field value ({exc})") from exc
+
+
+#: Quantile keys of ``training_distribution["intensity_quantiles"]`` and of ``reference`` entries.
+INTENSITY_QUANTILES = ("0.01", "0.05", "0.5", "0.95", "0.99")
+REFERENCE_QUANTILES = ("0.05", "0.5", "0.95", "0.99")
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_quantiles(q: Any, keys: tuple[str, ...], name: str, bad: Any) -> None:
+    if not isinstance(q, dict) or set(q) != set(keys):
+        raise bad(name, f"expected a mapping with exactly the keys {list(keys)}")
+    values = [q[k] for k in keys]
+    if not all(_finite_number(v) for v in values):
+        raise bad(name, f"expected finite numbers, got {values}")
+    if any(b < a for a, b in itertools.pairwise(values)):
+        raise bad(name, f"expected non-decreasing quantiles, got {values}")
+
+
+def _check_training_distribution(td: Any, spatial_dims: int, bad: Any) -> None:
+    """Validate ``training_distribution`` (see `ModelCard`), naming the bad sub-field."""
+    name = "training_distribution"
+    if not isinstance(td, dict):
+        raise bad(name, "expected a mapping")
+    keys = {"data", "synthetic", "n_images", "spacing", "intensity_quantiles"}
+    if set(td) != keys:
+        raise bad(name, f"expected exactly the keys {sorted(keys)}, got {sorted(td)}")
+    if not isinstance(td["data"], str) or not td["data"]:
+        raise bad(f"{name}.data", "expected a non-empty string")
+    if not isinstance(td["synthetic"], bool):
+        raise bad(f"{name}.synthetic", f"expected true or false, got {td['synthetic']!r}")
+    n = td["n_images"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise bad(f"{name}.n_images", f"expected a positive integer, got {n!r}")
+    sp = td["spacing"]
+    if (
+        not isinstance(sp, list)
+        or len(sp) != spatial_dims
+        or not all(_finite_number(v) and v > 0 for v in sp)
+    ):
+        raise bad(f"{name}.spacing", f"expected {spatial_dims} positive numbers, got {sp!r}")
+    _check_quantiles(
+        td["intensity_quantiles"], INTENSITY_QUANTILES, f"{name}.intensity_quantiles", bad
+    )
+
+
+def _check_reference(ref: Any, bad: Any) -> None:
+    """Validate ``reference`` (see `ModelCard`), naming the bad sub-field."""
+    name = "reference"
+    if not isinstance(ref, dict) or set(ref) != {"data", "n_images", "methods"}:
+        raise bad(name, "expected a mapping with exactly the keys 'data', 'n_images', 'methods'")
+    if not isinstance(ref["data"], str) or not ref["data"]:
+        raise bad(f"{name}.data", "expected a non-empty string")
+    n = ref["n_images"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise bad(f"{name}.n_images", f"expected a positive integer, got {n!r}")
+    if not isinstance(ref["methods"], dict):
+        raise bad(f"{name}.methods", "expected a mapping of method name to scores")
+    for method, scores in ref["methods"].items():
+        where = f"{name}.methods.{method}"
+        if not isinstance(scores, dict) or not scores:
+            raise bad(where, "expected a non-empty mapping of score name to distribution")
+        for key, entry in scores.items():
+            if not isinstance(key, str) or key.count("/") != 1 or "" in key.split("/"):
+                raise bad(where, f"score names are '<map>/<aggregation>', got {key!r}")
+            if not isinstance(entry, dict) or set(entry) != {"n", "quantiles"}:
+                raise bad(f"{where}.{key}", "expected a mapping with 'n' and 'quantiles'")
+            en = entry["n"]
+            if not isinstance(en, int) or isinstance(en, bool) or en < 1:
+                raise bad(f"{where}.{key}.n", f"expected a positive integer, got {en!r}")
+            _check_quantiles(
+                entry["quantiles"], REFERENCE_QUANTILES, f"{where}.{key}.quantiles", bad
+            )
 
 
 def load_card(path: str | Path) -> ModelCard:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +28,95 @@ from napari_probseg.models.methods import Method
 from napari_probseg.models.networks import MemberEnsemble, ProbUNet, SSNNet
 
 __all__ = [
+    "INTENSITY_LEVELS",
+    "REFERENCE_LEVELS",
     "Dataset",
     "evaluate_method",
     "fit_temperature",
     "ged16",
+    "image_scores",
+    "intensity_quantiles",
     "lesion_dataset",
     "mean_mutual_information",
+    "reference_entry",
     "save_model",
+    "score_table",
     "train_network",
 ]
+
+
+#: Quantile levels recorded in a card's ``training_distribution`` and ``reference``.
+INTENSITY_LEVELS = (0.01, 0.05, 0.5, 0.95, 0.99)
+REFERENCE_LEVELS = (0.05, 0.5, 0.95, 0.99)
+
+
+def _level_key(q: float) -> str:
+    return f"{q:g}"
+
+
+def intensity_quantiles(x: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Quantiles (`INTENSITY_LEVELS`) of normalised intensities pooled over images and channels."""
+    arr = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    values = np.quantile(arr.astype(np.float64).ravel(), INTENSITY_LEVELS)
+    return {_level_key(q): round(float(v), 5) for q, v in zip(INTENSITY_LEVELS, values)}
+
+
+def score_table(summary: dict[str, Any]) -> dict[str, float | None]:
+    """Image-level scores of an engine summary keyed as a card's ``reference`` names them:
+    ``"<map>/<aggregation>"`` for every score and ``"structure/<measure>"`` for every structure
+    measure (None where the summary has no value)."""
+    out: dict[str, float | None] = {}
+    for score in summary["scores"]:
+        out[f"{score['map']}/{score['aggregation']}"] = score["value"]
+    for entry in summary.get("structure", []):
+        out[f"structure/{entry['measure']}"] = entry["value"]
+    return out
+
+
+def image_scores(
+    method: Method,
+    images: Any,
+    *,
+    n_samples: int = 16,
+    seed: int = 0,
+    keep: Callable[[Any], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the engine (``run_prediction`` + ``summarize``) on each raw image; return per image
+    ``{"scores": score_table(summary), "domain": provenance["domain"], "extra": keep(result)}``."""
+    from napari_probseg.engine import run_prediction
+    from napari_probseg.engine._summary import summarize
+
+    rows = []
+    for img in images:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the domain note on every run
+            result = run_prediction(img, method, n_samples=n_samples, seed=seed, device="cpu")
+        rows.append(
+            {
+                "scores": score_table(summarize(result)),
+                "domain": result.provenance.get("domain"),
+                "extra": keep(result) if keep is not None else None,
+            }
+        )
+    return rows
+
+
+def reference_entry(tables: list[dict[str, float | None]]) -> dict[str, dict[str, Any]]:
+    """The ``reference["methods"][<method>]`` entry of a card from per-image score tables:
+    per score the number of images with a value and the quantiles `REFERENCE_LEVELS`."""
+    keys = sorted({k for t in tables for k in t})
+    out: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        values = np.array([t[key] for t in tables if t.get(key) is not None], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            continue
+        qs = np.quantile(values, REFERENCE_LEVELS)
+        out[key] = {
+            "n": int(values.size),
+            "quantiles": {_level_key(q): float(f"{v:.6g}") for q, v in zip(REFERENCE_LEVELS, qs)},
+        }
+    return out
 
 
 @dataclass
@@ -57,7 +138,7 @@ def lesion_dataset(
     ndim: int,
     seed: int,
     normalization: dict[str, Any],
-    shift: bool = False,
+    shift: bool | float = False,
     shape: tuple[int, ...] | None = None,
 ) -> Dataset:
     """Synthetic lesions (``napari_probseg.data.synthetic.make_lesions``), normalized as the card."""
@@ -68,9 +149,13 @@ def lesion_dataset(
 
 def _crops(
     ds: Dataset, batch: int, patch: tuple[int, ...], rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crops with one random rater each; half of the crops are centred on a lesion pixel."""
-    xs, ys = [], []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random crops with one random rater each; half of the crops are centred on a lesion pixel.
+
+    Returns the images, the chosen rater's masks and the union of every rater's mask (the region
+    of interest of the SSN covariance penalty), all cropped alike.
+    """
+    xs, ys, us = [], [], []
     spatial = ds.x.shape[2:]
     for _ in range(batch):
         i = int(rng.integers(len(ds.x)))
@@ -85,7 +170,18 @@ def _crops(
         sl = tuple(slice(a, a + p) for a, p in zip(start, patch))
         xs.append(ds.x[i][(slice(None), *sl)])
         ys.append(y[sl])
-    return torch.stack(xs), torch.stack(ys)
+        us.append(ds.raters[i].amax(0)[sl])
+    return torch.stack(xs), torch.stack(ys), torch.stack(us)
+
+
+def roi_outside(union: torch.Tensor, margin: int) -> torch.Tensor:
+    """1 where no rater marked anything within ``margin`` pixels (chessboard distance), else 0.
+
+    ``union`` is the raters' union mask ``(B, *S)``; returns float ``(B, *S)``.
+    """
+    pool = {2: F.max_pool2d, 3: F.max_pool3d}[union.ndim - 1]
+    near = pool(union[:, None].float(), 2 * margin + 1, stride=1, padding=margin)[:, 0]
+    return 1.0 - near
 
 
 def _loss(
@@ -93,7 +189,10 @@ def _loss(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
+    union: torch.Tensor | None = None,
     ssn_samples: int = 16,
+    ssn_roi_weight: float = 0.0,
+    ssn_roi_margin: int = 8,
     kl_weight: float = 1.0,
 ) -> torch.Tensor:
     """Training loss of each wrapper kind (per pixel).
@@ -101,6 +200,13 @@ def _loss(
     ``ssn_samples`` is the number M of MC samples of the SSN log-likelihood (with few pixels'
     worth of log-likelihood summed per crop, logsumexp over M approaches a best-of-M loss, which
     rewards too much spread for large M); ``kl_weight`` is beta of the probabilistic U-Net ELBO.
+
+    ``ssn_roi_weight`` > 0 adds the SSN region-of-interest penalty: the mean logit variance
+    ``sum_r P_r^2 + D`` over the pixels farther than ``ssn_roi_margin`` pixels from every rater's
+    mask (``union``), times the weight. Monteiro et al. (2020) mask the covariance outside the
+    brain; with no such mask here the penalty confines the covariance to where raters could
+    disagree (without it the low-rank factor spread into the background and drew whole-image
+    samples).
     """
     if isinstance(net, SSNNet):
         # Monteiro et al. 2020: MC estimate of log p(y|x) = log mean_m p(y | eta_m), eta_m
@@ -121,7 +227,13 @@ def _loss(
             .sum(-1)
         )
         n_pix = y[0].numel()
-        return -(torch.logsumexp(ll, 0) - math.log(m)).mean() / n_pix
+        nll = -(torch.logsumexp(ll, 0) - math.log(m)).mean() / n_pix
+        if ssn_roi_weight > 0 and union is not None:
+            outside = roi_outside(union, ssn_roi_margin)[:, None]  # (B, 1, *S)
+            variance = factor.square().sum(2) + diag  # (B, K, *S) marginal logit variance
+            penalty = (variance * outside).sum() / (outside.sum() * k).clamp_min(1.0)
+            nll = nll + ssn_roi_weight * penalty
+        return nll
     if isinstance(net, ProbUNet):
         # Kohl et al. 2018: ELBO with the posterior net seeing the rater's mask (beta = 1).
         onehot = F.one_hot(y, net.n_classes).movedim(-1, 1).float()
@@ -156,8 +268,8 @@ def train_network(
     t0 = time.perf_counter()
     losses = []
     for step in range(steps):
-        x, y = _crops(ds, batch, patch, rng)
-        loss = _loss(net, x, y, **(loss_options or {}))
+        x, y, union = _crops(ds, batch, patch, rng)
+        loss = _loss(net, x, y, union=union, **(loss_options or {}))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 5.0)

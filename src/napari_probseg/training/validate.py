@@ -1,25 +1,42 @@
-"""Scientific checks of the bundled 2D models (``make validate``).
+"""Scientific checks of the bundled 2D models (``make validate``): quality, failure/OOD detection.
 
-1. On held-out synthetic 2D data, the latent-variable models (SSN, probabilistic U-Net) reach a lower
-   GED16 against the four raters than MC dropout and the deep ensemble (they model the raters'
-   disagreement; parameter sampling does not).
-2. On the shifted domain (other contrast/noise/blur), the mean mutual information (epistemic) of MC
-   dropout and of the ensemble is higher than in-domain.
+Every number comes from real engine runs (``run_prediction`` + the engine's ``summarize``, N = 16,
+seed 0 per image) on held-out synthetic 2D lesions (default 48 images, seed 4000: never used for
+training, validation, the card metrics or the card's ``reference``), at the shift severities 0
+(in-domain), 1, 2, 3 of ``make_lesions`` (paired: the same lesions and raters at every severity).
 
-Prints a Markdown table for the README and exits with status 1 if a check fails.
+1. **Quality** in-domain: Dice of the consensus vs the raters' strict majority, GED16 vs the four
+   raters, mean MI; the SSN's largest sample area over the largest rater's area.
+2. **OOD detection**: the AUROC of every image-level score of the summary (``<map>/<aggregation>``
+   and ``structure/<measure>``) separating in-domain images from each severity, per method.
+3. **Flagged as unfamiliar**: the share of images whose epistemic score (`EPISTEMIC_SCORE`) lies
+   above the card reference's 0.95 quantile (the rule of the summary's verdict), per severity, and
+   the share the engine's input check (``provenance["domain"]``) calls out of domain.
+4. **Claims**, each with a paired bootstrap 95 % interval over the images (2000 replicates):
+   *holds* when the whole interval is on the claimed side, *unresolved* when only the point
+   estimate is, *fails* otherwise.
+
+Prints Markdown for the README and exits with status 1 unless every claim holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from napari_probseg.core.discrimination import BootstrapInterval, auroc, paired_bootstrap
+from napari_probseg.data.synthetic import SHIFT_SEVERITIES, make_lesions
+from napari_probseg.engine._io import to_jsonable
 from napari_probseg.models.loading import load_method
 from napari_probseg.models.registry import bundled_models
-from napari_probseg.training._common import evaluate_method, lesion_dataset
+from napari_probseg.training._common import ged16, image_scores
 
 ROWS = [  # (card, method)
     ("lesions2d-unet", "softmax"),
@@ -30,76 +47,310 @@ ROWS = [  # (card, method)
     ("lesions2d-ssn", "ssn"),
     ("lesions2d-prob-unet", "prob_unet"),
 ]
+#: The test-time-augmentation compositions, added by ``--all-methods``.
+TTA_ROWS = [
+    ("lesions2d-unet", "tta+mc_dropout"),
+    ("lesions2d-unet", "tta+laplace"),
+    ("lesions2d-ensemble", "tta+ensemble"),
+    ("lesions2d-ssn", "tta+ssn"),
+    ("lesions2d-prob-unet", "tta+prob_unet"),
+]
+
+#: The epistemic image-level score compared with the card reference's 0.95 quantile
+#: (methods without MI: the predictive entropy, same aggregation).
+EPISTEMIC_SCORE = "mutual_information/mean"
+FLAG_QUANTILE = "0.95"
+N_BOOT = 2000
+
+
+def _fallback_score(key: str, scores: dict[str, Any]) -> str:
+    if key in scores:
+        return key
+    return "predictive_entropy/" + key.split("/", 1)[1]
+
+
+def _evaluate_row(
+    method: Any, sets: dict[int, Any], *, n_samples: int
+) -> dict[int, list[dict[str, Any]]]:
+    """Per severity and image: score table, domain check, Dice, GED16, sample/rater area ratio."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for sev, data in sets.items():
+
+        def keep(result: Any, _data: Any = data) -> dict[str, Any]:
+            return {
+                "samples": result.samples,
+                "consensus": np.asarray(result.maps.mean_probs).argmax(0) > 0,
+            }
+
+        rows = image_scores(method, data.images, n_samples=n_samples, seed=0, keep=keep)
+        for i, row in enumerate(rows):
+            raters = data.raters[i]
+            majority = raters.mean(0) > 0.5
+            cons = row["extra"]["consensus"]
+            denom = cons.sum() + majority.sum()
+            row["dice"] = 1.0 if denom == 0 else float(2 * (cons & majority).sum() / denom)
+            samples = row["extra"]["samples"].astype(np.uint8)
+            if len(samples) < n_samples:
+                samples = np.repeat(samples, n_samples // len(samples), axis=0)
+            row["ged16"] = ged16(samples, raters.astype(np.uint8))
+            areas = samples.reshape(len(samples), -1).sum(1)
+            row["area_ratio"] = float(areas.max() / max(int(raters.reshape(4, -1).sum(1).max()), 1))
+            row["extra"] = None
+        out[sev] = rows
+    return out
+
+
+def _claim(name: str, ci: BootstrapInterval, *, above: float | None = None, below=None) -> dict:
+    """Holds if the interval is on the claimed side of the bound, unresolved if only the value."""
+    if above is not None:
+        status = "holds" if ci.low > above else ("unresolved" if ci.value > above else "fails")
+    else:
+        status = "holds" if ci.high < below else ("unresolved" if ci.value < below else "fails")
+    return {"claim": name, "interval": ci, "status": status}
 
 
 def run(
-    n_images: int = 12, seed: int = 4000, n_samples: int = 16
-) -> tuple[list[dict[str, Any]], bool]:
-    """Evaluate every row in- and out-of-domain; return the rows and whether all checks hold."""
+    n_images: int = 48,
+    seed: int = 4000,
+    n_samples: int = 16,
+    rows: list[tuple[str, str]] | None = None,
+    log: Any = None,
+    cache: str | Path | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Evaluate every row at every severity; print the report; return it and whether all hold."""
     cards = bundled_models()
-    rows: list[dict[str, Any]] = []
-    datasets: dict[bool, Any] = {}
-    for card_name, method_name in ROWS:
+    rows = rows or ROWS
+    sets = {
+        sev: make_lesions(n_images, ndim=2, n_raters=4, seed=seed, shift=sev)
+        for sev in SHIFT_SEVERITIES
+    }
+    strongest = max(SHIFT_SEVERITIES)
+    results: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for card_name, method_name in rows:
         if card_name not in cards:
             raise SystemExit(f"bundled model {card_name!r} missing: run `make train` first")
         card = cards[card_name]
-        for shift in (False, True):
-            if shift not in datasets:
-                datasets[shift] = lesion_dataset(
-                    n_images, ndim=2, seed=seed, normalization=card.normalization, shift=shift
-                )
         method = load_method(card, method_name)
-        ind = evaluate_method(method, datasets[False], n_samples=n_samples)
-        out = evaluate_method(method, datasets[True], n_samples=n_samples)
-        rows.append(
-            {
-                "model": card_name,
-                "method": method_name,
-                "source": "+".join(method.source),
-                "dice": ind["dice_consensus_vs_majority"],
-                "ged16": ind["ged16"],
-                "mi_in": ind["mean_mutual_information"],
-                "mi_shift": out["mean_mutual_information"],
-            }
-        )
-    by = {r["method"]: r for r in rows}
-    checks = {
-        "SSN GED16 < MC dropout and ensemble": by["ssn"]["ged16"]
-        < min(by["mc_dropout"]["ged16"], by["ensemble"]["ged16"]),
-        "prob U-Net GED16 < MC dropout and ensemble": by["prob_unet"]["ged16"]
-        < min(by["mc_dropout"]["ged16"], by["ensemble"]["ged16"]),
-        "MC dropout MI shifted > in-domain": by["mc_dropout"]["mi_shift"]
-        > by["mc_dropout"]["mi_in"],
-        "ensemble MI shifted > in-domain": by["ensemble"]["mi_shift"] > by["ensemble"]["mi_in"],
-    }
-    print(
-        f"Held-out synthetic 2D lesions: {n_images} images (seed {seed}), {n_samples} samples, "
-        "GED^2 with d = 1 - IoU vs 4 raters (self-pairs included), MI in nats.\n"
+        cached = None
+        if cache is not None:
+            # keyed by everything the numbers depend on: card file, method, data, N
+            import hashlib
+
+            weights = str(card.weights.get("sha256", card.sha256))[:16]
+            extra = hashlib.sha256(
+                json.dumps([card.normalization, card.methods], sort_keys=True).encode()
+            ).hexdigest()[:8]
+            tag = f"{weights}-{extra}-{method_name}-{n_images}-{seed}-{n_samples}.json"
+            cached = Path(cache) / tag
+        if cached is not None and cached.is_file():
+            loaded = json.loads(cached.read_text())
+            per = {int(k): v for k, v in loaded.items()}
+        else:
+            per = _evaluate_row(method, sets, n_samples=n_samples)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps(to_jsonable(per)))
+        ref = ((card.reference or {}).get("methods") or {}).get(method_name, {})
+        results[method_name] = {
+            "model": card_name,
+            "source": "+".join(method.source),
+            "per": per,
+            "reference": ref,
+        }
+        if log:
+            log(f"{card_name} {method_name}: {time.perf_counter() - t0:.0f} s")
+
+    report = _report(results, n_images=n_images, seed=seed, n_samples=n_samples, sev=strongest)
+    return report, all(c["status"] == "holds" for c in report["claims"])
+
+
+def _values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.array(
+        [np.nan if r["scores"].get(key) is None else r["scores"][key] for r in rows], float
     )
+
+
+def _report(results: dict, *, n_images: int, seed: int, n_samples: int, sev: int) -> dict:
     print(
-        "| model | method | source | Dice (consensus vs majority) | GED16 | mean MI | "
-        "mean MI (shifted) |"
+        f"Held-out synthetic 2D lesions: {n_images} images (seed {seed}) per shift severity "
+        f"{list(SHIFT_SEVERITIES)} (paired: same lesions and raters), N = {n_samples}, engine "
+        "run_prediction + summarize; GED^2 with d = 1 - IoU vs 4 raters (self-pairs included); "
+        f"MI in nats; intervals: paired bootstrap 95 % over images ({N_BOOT} replicates).\n"
     )
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
+    # 1. quality
+    print(
+        "| model | method | source | Dice (consensus vs majority) | GED16 | mean MI in-domain | "
+        f"mean MI severity {sev} | largest sample / largest rater area |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        ind, out = r["per"][0], r["per"][sev]
+        has_mi = "mutual_information/mean" in ind[0]["scores"]
+
+        def mi(rows: list[dict[str, Any]], _has: bool = has_mi) -> str:
+            return f"{np.nanmean(_values(rows, 'mutual_information/mean')):.4f}" if _has else "n/a"
+
         print(
-            f"| {r['model']} | {r['method']} | {r['source']} | {r['dice']:.3f} | "
-            f"{r['ged16']:.3f} | {r['mi_in']:.4f} | {r['mi_shift']:.4f} |"
+            f"| {r['model']} | {name} | {r['source']} | {np.mean([x['dice'] for x in ind]):.3f} | "
+            f"{np.mean([x['ged16'] for x in ind]):.3f} | {mi(ind)} | {mi(out)} | "
+            f"{max(x['area_ratio'] for x in ind):.2f} |"
+        )
+    # 2. AUROC of every score
+    print(
+        f"\nAUROC of each image-level score separating in-domain from shifted images (higher "
+        f"score = shifted), per severity; severity {sev} with its 95 % interval.\n"
+    )
+    sevs = [s for s in SHIFT_SEVERITIES if s > 0]
+    print("| method | score | " + " | ".join(f"severity {s}" for s in sevs) + " |")
+    print("|---|---|" + "---|" * len(sevs))
+    aurocs: dict[str, dict[str, Any]] = {}
+    for name, r in results.items():
+        keys = list(r["per"][0][0]["scores"])
+        aurocs[name] = {}
+        for key in keys:
+            a = _values(r["per"][0], key)
+            cells = []
+            for s in sevs:
+                b = _values(r["per"][s], key)
+                ok = np.isfinite(a) & np.isfinite(b)
+                if ok.sum() < 2:
+                    cells.append("n/a")
+                    continue
+                if s == sev:
+                    ci = paired_bootstrap(auroc, a[ok], b[ok], n_boot=N_BOOT, seed=1)
+                    aurocs[name][key] = ci
+                    cells.append(f"**{ci.text(fmt='.2f')}**" if ci.value >= 0.9 else ci.text(".2f"))
+                else:
+                    cells.append(f"{auroc(a[ok], b[ok]):.2f}")
+            print(f"| {name} | {key} | " + " | ".join(cells) + " |")
+    # 3. flagged as unfamiliar
+    print(
+        f"\nShare of images flagged unfamiliar (the score above the card reference's "
+        f"{FLAG_QUANTILE} quantile; the verdict's rule uses {EPISTEMIC_SCORE}; methods without MI: "
+        "predictive entropy) per aggregation of the epistemic map, with 95 % intervals, and in "
+        "brackets the share the engine's input check calls out of domain.\n"
+    )
+    print(
+        "| method | score | reference q0.95 | "
+        + " | ".join(f"severity {s}" for s in SHIFT_SEVERITIES)
+        + " |"
+    )
+    print("|---|---|---|" + "---|" * len(SHIFT_SEVERITIES))
+    flags: dict[str, dict[int, BootstrapInterval]] = {}
+    for name, r in results.items():
+        first = r["per"][0][0]["scores"]
+        for agg in ("mean", "foreground_normalized", "patch_max"):
+            key = _fallback_score(f"mutual_information/{agg}", first)
+            entry = r["reference"].get(key)
+            if entry is None:
+                print(
+                    f"| {name} | {key} | no reference in the card (run `make train`) |" + " |" * 4
+                )
+                continue
+            thr = entry["quantiles"][FLAG_QUANTILE]
+            cells = []
+            shares = {}
+            for s in SHIFT_SEVERITIES:
+                values = np.nan_to_num(_values(r["per"][s], key), nan=-np.inf)
+                ci = paired_bootstrap(np.mean, (values > thr).astype(float), n_boot=N_BOOT, seed=2)
+                shares[s] = ci
+                ood = np.mean([not (x["domain"] or {}).get("in_domain", True) for x in r["per"][s]])
+                cells.append(f"{ci.text('.2f')} ({ood:.2f})")
+            if key == _fallback_score(EPISTEMIC_SCORE, first):
+                flags[name] = shares
+            print(f"| {name} | {key} | {thr:.4g} | " + " | ".join(cells) + " |")
+    # 4. claims
+    claims = []
+
+    def ged(name: str) -> np.ndarray:
+        return np.array([x["ged16"] for x in results[name]["per"][0]])
+
+    def diff(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean(a - b))
+
+    for latent in ("ssn", "prob_unet"):
+        for param in ("mc_dropout", "ensemble"):
+            if latent in results and param in results:
+                ci = paired_bootstrap(diff, ged(latent), ged(param), n_boot=N_BOOT, seed=3)
+                claims.append(_claim(f"{latent} GED16 < {param} GED16 (difference)", ci, below=0))
+    for name in ("mc_dropout", "ensemble"):
+        if name in results:
+            r = results[name]
+            ci = paired_bootstrap(
+                diff,
+                _values(r["per"][sev], "mutual_information/mean"),
+                _values(r["per"][0], "mutual_information/mean"),
+                n_boot=N_BOOT,
+                seed=4,
+            )
+            claims.append(
+                _claim(f"{name} mean MI severity {sev} > in-domain (difference)", ci, above=0)
+            )
+            if aurocs.get(name):
+                best = max(aurocs[name], key=lambda k: aurocs[name][k].value)
+                claims.append(
+                    _claim(
+                        f"{name} AUROC >= 0.9 at severity {sev} ({best})",
+                        aurocs[name][best],
+                        above=0.9,
+                    )
+                )
+            if name in flags:
+                claims.append(
+                    _claim(f"{name} flags >= 90 % at severity {sev}", flags[name][sev], above=0.9)
+                )
+                claims.append(_claim(f"{name} flags <= 10 % in-domain", flags[name][0], below=0.1))
+    if "ssn" in results:
+        worst = max(x["area_ratio"] for x in results["ssn"]["per"][0])
+        n_bad = sum(x["area_ratio"] > 2 for x in results["ssn"]["per"][0])
+        print(
+            f"\nSSN: largest in-domain sample / largest rater area = {worst:.2f} "
+            f"({n_bad} of {len(results['ssn']['per'][0])} images have a sample above 2x)."
         )
     print()
-    for name, ok in checks.items():
-        print(f"- [{'x' if ok else ' '}] {name}: {'PASS' if ok else 'FAIL'}")
-    return rows, all(checks.values())
+    for c in claims:
+        mark = {"holds": "x", "unresolved": "~", "fails": " "}[c["status"]]
+        print(f"- [{mark}] {c['claim']}: {c['interval'].text()} -> **{c['status']}**")
+    if "ssn" in results:
+        worst = max(x["area_ratio"] for x in results["ssn"]["per"][0])
+        status = "holds" if worst <= 2 else "fails"
+        print(
+            f"- [{'x' if status == 'holds' else ' '}] ssn: no in-domain sample > 2x the largest "
+            f"rater's area: max ratio {worst:.2f} -> **{status}**"
+        )
+        claims.append({"claim": "ssn sample area <= 2x", "interval": None, "status": status})
+    return {"results": results, "aurocs": aurocs, "flags": flags, "claims": claims}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n-images", type=int, default=12)
+    parser.add_argument("--n-images", type=int, default=48)
     parser.add_argument("--seed", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="*", default=None, help="method names (default: all)")
+    parser.add_argument(
+        "--all-methods", action="store_true", help="also the TTA compositions (tta+ssn, ...)"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder for per-method results (keyed by card sha256, method, data and N); reused",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    _, ok = run(args.n_images, args.seed)
+    candidates = ROWS + (TTA_ROWS if args.all_methods else [])
+    rows = [r for r in candidates if args.methods is None or r[1] in args.methods]
+    t0 = time.perf_counter()
+    _, ok = run(
+        args.n_images,
+        args.seed,
+        rows=rows,
+        log=lambda m: print(m, file=sys.stderr),
+        cache=args.cache,
+    )
+    print(f"\n({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return 0 if ok else 1
 
 
