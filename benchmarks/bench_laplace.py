@@ -19,13 +19,14 @@ from napari_probseg.models.laplace import (
     posterior_from_curvature,
     select_prior_precision,
 )
-from napari_probseg.models.loading import build_method, load_model
+from napari_probseg.models.loading import build_method, load_network, resolve_card
 from napari_probseg.models.methods import LaplaceMethod
 from napari_probseg.training._common import evaluate_method, lesion_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
-    card, net = load_model("lesions2d-unet")
+    card = resolve_card("lesions2d-unet")
+    net = load_network(card)
     entry = card.methods["laplace"]
     curv = load_curvature(card.resolve(entry["curvature"]))
     theta = centred_parameters(last_layer_parameters(net))

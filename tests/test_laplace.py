@@ -273,14 +273,15 @@ def test_refit_writes_a_loadable_curvature_and_card_entry(tmp_path):
     call) on a copy of the bundled card: file + entry written, the refit card samples."""
     import shutil
 
-    from napari_probseg.models.loading import load_model
+    from napari_probseg.models.loading import load_network, resolve_card
     from napari_probseg.models.registry import bundled_model_dir
     from napari_probseg.training._common import lesion_dataset
     from napari_probseg.training.laplace_fit import fit_laplace
 
     for suffix in (".json", ".safetensors"):
         shutil.copy(bundled_model_dir() / f"lesions2d-unet{suffix}", tmp_path)
-    card, net = load_model(tmp_path / "lesions2d-unet.json")
+    card = resolve_card(tmp_path / "lesions2d-unet.json")
+    net = load_network(card)
     train = lesion_dataset(4, ndim=2, seed=1000, normalization=card.normalization, shape=(48, 48))
     entry = fit_laplace(card, net, train, log=lambda _msg: None)
     card.save(card.path)

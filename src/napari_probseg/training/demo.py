@@ -165,17 +165,29 @@ def _training_distribution(ndim: int, train: Dataset) -> dict[str, Any]:
     }
 
 
+def reference_for_method(
+    card: ModelCard, net: torch.nn.Module, name: str, images: Any = None
+) -> dict[str, Any]:
+    """The ``reference["methods"][name]`` entry: the engine's summary scores of method ``name``
+    over the held-out reference images (made here when ``images`` is None)."""
+    if images is None:
+        n, seed = REFERENCE[card.spatial_dims]
+        images = make_lesions(n, ndim=card.spatial_dims, n_raters=4, seed=seed).images
+    method = build_method(card, net, name)
+    rows = image_scores(method, images, n_samples=REFERENCE_SAMPLES, seed=0)
+    entry = reference_entry([r["scores"] for r in rows])
+    _log(f"  reference {name}: {len(entry)} scores on {len(images)} images")
+    return entry
+
+
 def _reference(card: ModelCard, net: torch.nn.Module, ndim: int) -> dict[str, Any]:
     """In-domain distribution over held-out images of every image-level score of the engine's
     summary, for each method of the card (the verdict's reference)."""
     n, seed = REFERENCE[ndim]
     images = make_lesions(n, ndim=ndim, n_raters=4, seed=seed).images
-    methods = {}
-    for name in card.available_methods:
-        method = build_method(card, net, name)
-        rows = image_scores(method, images, n_samples=REFERENCE_SAMPLES, seed=0)
-        methods[name] = reference_entry([r["scores"] for r in rows])
-        _log(f"  reference {name}: {len(methods[name])} scores on {n} images")
+    methods = {
+        name: reference_for_method(card, net, name, images) for name in card.available_methods
+    }
     return {
         "data": f"held-out synthetic lesions make_lesions(n_images={n}, ndim={ndim}, seed={seed}); "
         f"engine run_prediction with n_samples={REFERENCE_SAMPLES}, seed=0 per image, "
