@@ -11,7 +11,7 @@ from model_helpers import tiny_card
 from napari_probseg._napari._layers import Placement
 from napari_probseg._napari._run_widget import RunWidget
 from napari_probseg._napari._runner import RunRequest
-from napari_probseg._napari._session import get_session
+from napari_probseg._napari._session import get_session, show_layer
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.timeout(180)
@@ -124,7 +124,8 @@ def test_run_3d_lands_points_and_per_plane_contours(make_napari_viewer, qtbot, c
     assert hyp.data.shape == (2, 6, 32, 40) and tuple(hyp.scale) == (1.0, 2.0, 1.0, 1.0)
     record = get_session(viewer).current
     assert record.layers["contours"].ndim == 3
-    assert record.layers["regions"]._type_string == "points"
+    regions = show_layer(viewer, record, "regions")  # hidden layers are created on first use
+    assert regions is not None and regions._type_string == "points"
 
 
 def test_cancel_stops_promptly_and_keeps_nothing(make_napari_viewer, qtbot, cards):

@@ -200,12 +200,15 @@ def _run(image, method, seed=0):
 
 @pytest.mark.timeout(300)
 def test_verdict_on_a_real_model_flags_shifted_images_as_unfamiliar():
-    """Reference from in-domain held-out images; the shifted domain is flagged, in-domain not."""
+    """Reference from in-domain held-out images; the shifted domain is flagged, in-domain not.
+
+    The deep ensemble: with per-image normalisation its mean MI separates the strongest shift
+    (``make validate``: AUROC 0.99), MC dropout's mean MI does not (issue 9's missed target)."""
     from napari_probseg.core.summary import image_summary
     from napari_probseg.data.synthetic import make_lesions
     from napari_probseg.models import load_method
 
-    method = load_method("lesions2d-unet", "mc_dropout", device="cpu")
+    method = load_method("lesions2d-ensemble", "ensemble", device="cpu")
     inside = make_lesions(6, seed=901).images
     shifted = make_lesions(2, seed=902, shift=True).images
     key = "mutual_information/mean"
@@ -214,7 +217,7 @@ def test_verdict_on_a_real_model_flags_shifted_images_as_unfamiliar():
         "data": "make_lesions(seed=901)",
         "n_images": 5,
         "methods": {
-            "mc_dropout": {
+            "ensemble": {
                 key: {"n": 5, "quantiles": {"0.95": float(np.quantile(values, 0.95))}},
                 "expected_entropy/mean": {"n": 5, "quantiles": {"0.95": 10.0}},
             }

@@ -82,15 +82,21 @@ def image_scores(
     keep: Callable[[Any], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the engine (``run_prediction`` + ``summarize``) on each raw image; return per image
-    ``{"scores": score_table(summary), "domain": provenance["domain"], "extra": keep(result)}``."""
+    ``{"scores": score_table(summary), "domain": provenance["domain"], "extra": keep(result)}``.
+
+    Image ``j`` runs with seed ``seed + j``: with one seed for every image all images would share
+    one set of dropout masks / latents, and a reference built from them would miss the sampling
+    noise of a user's run (a too-narrow in-domain reference flags ordinary images)."""
     from napari_probseg.engine import run_prediction
     from napari_probseg.engine._summary import summarize
 
     rows = []
-    for img in images:
+    for j, img in enumerate(images):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # the domain note on every run
-            result = run_prediction(img, method, n_samples=n_samples, seed=seed, device="cpu")
+            result = run_prediction(
+                img, method, n_samples=n_samples, seed=seed + j, device="cpu"
+            )
         rows.append(
             {
                 "scores": score_table(summarize(result)),

@@ -190,7 +190,7 @@ def _reference(card: ModelCard, net: torch.nn.Module, ndim: int) -> dict[str, An
     }
     return {
         "data": f"held-out synthetic lesions make_lesions(n_images={n}, ndim={ndim}, seed={seed}); "
-        f"engine run_prediction with n_samples={REFERENCE_SAMPLES}, seed=0 per image, "
+        f"engine run_prediction with n_samples={REFERENCE_SAMPLES}, seed = image index, "
         "scores of napari_probseg.engine._summary.summarize",
         "n_images": n,
         "methods": methods,
