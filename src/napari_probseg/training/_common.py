@@ -94,9 +94,7 @@ def image_scores(
     for j, img in enumerate(images):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # the domain note on every run
-            result = run_prediction(
-                img, method, n_samples=n_samples, seed=seed + j, device="cpu"
-            )
+            result = run_prediction(img, method, n_samples=n_samples, seed=seed + j, device="cpu")
         rows.append(
             {
                 "scores": score_table(summarize(result)),
