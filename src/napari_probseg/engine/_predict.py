@@ -456,25 +456,9 @@ def _run(
         "additional_bytes": round(estimate(mode, b).additional),
         "available_bytes": None if available == float("inf") else round(available),
     }
-    if mode == "slab":
-        result = yield from _run_slab_mode(
-            method=method,
-            arr=arr,
-            norm=norm,
-            plan=plan,
-            n_total=n_total,
-            batch=b,
-            seed=seed,
-            dev=dev,
-            check_cancel=check_cancel,
-            has_cancel=has_cancel,
-            keep_samples=keep_samples,
-            output=output,
-            label_dtype=label_dtype,
-            warn=warn,
-        )
-        maps, samples, b, output_path = result
-        timings["sample"] = time.perf_counter() - t0
+
+    def finish(maps: Any, samples: Any, b: int, output_path: Any) -> PredictionResult:
+        # the one call both paths end with (late binding: values as at the call)
         return _finish(
             image=image,
             arr=arr,
@@ -503,6 +487,27 @@ def _run(
             output_path=output_path,
             domain=domain,
         )
+
+    if mode == "slab":
+        result = yield from _run_slab_mode(
+            method=method,
+            arr=arr,
+            norm=norm,
+            plan=plan,
+            n_total=n_total,
+            batch=b,
+            seed=seed,
+            dev=dev,
+            check_cancel=check_cancel,
+            has_cancel=has_cancel,
+            keep_samples=keep_samples,
+            output=output,
+            label_dtype=label_dtype,
+            warn=warn,
+        )
+        maps, samples, b, output_path = result
+        timings["sample"] = time.perf_counter() - t0
+        return finish(maps, samples, b, output_path)
     x_np = pad_image(normalize(arr, norm), plan.padded_shape)
     x_full = torch.from_numpy(np.ascontiguousarray(x_np))
     del x_np
@@ -599,34 +604,7 @@ def _run(
     check_cancel()
     maps = acc.result()
     timings["finalize"] = time.perf_counter() - t2
-    return _finish(
-        image=image,
-        arr=arr,
-        method=method,
-        card=card,
-        plan=plan,
-        norm=norm,
-        maps=maps,
-        samples=samples,
-        n_total=n_total,
-        n_req=n_req,
-        seed=seed,
-        dev=dev,
-        device_requested=device_requested,
-        first_batch=first_batch,
-        b=b,
-        overlap=overlap,
-        scale=scale,
-        card_spacing=card_spacing,
-        slice_mode=slice_mode,
-        signature=signature,
-        timings=timings,
-        t0=t0,
-        notes=notes,
-        memory_info=memory_info,
-        output_path=None,
-        domain=domain,
-    )
+    return finish(maps, samples, b, None)
 
 
 def _domain_check(arr: Any, norm: dict, card: Any, *, scale: Any) -> dict:
