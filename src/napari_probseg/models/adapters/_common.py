@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,20 @@ def folder_sha256(files: Iterable[Path], root: Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def read_mapping(path: Path, *, what: str) -> dict[str, Any]:
+    """Read a JSON (``.json``) or YAML file that must hold a mapping; ``ModelCardError`` naming
+    ``what`` and the file otherwise. YAML with ``safe_load``: data, never objects."""
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            import yaml
+
+            data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelCardError(f"{what}: cannot read {str(path)!r}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelCardError(f"{what}: {str(path)!r} does not hold a mapping")
+    return data

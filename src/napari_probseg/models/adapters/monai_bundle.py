@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_probseg.models.adapters._common import folder_sha256, safe_torch_load
+from napari_probseg.models.adapters._common import folder_sha256, read_mapping, safe_torch_load
 from napari_probseg.models.errors import (
     MissingModelFileError,
     ModelCardError,
@@ -103,18 +102,7 @@ class BundleInfo:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-        else:
-            import yaml
-
-            data = yaml.safe_load(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelCardError(f"bundle: cannot read {str(path)!r}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelCardError(f"bundle: {str(path)!r} does not hold a mapping")
-    return data
+    return read_mapping(path, what="bundle")
 
 
 def inspect_monai_bundle(path: str | Path) -> BundleInfo:

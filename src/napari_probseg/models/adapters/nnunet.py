@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -51,7 +50,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_probseg.models.adapters._common import folder_sha256, require, safe_torch_load
+from napari_probseg.models.adapters._common import (
+    folder_sha256,
+    read_mapping,
+    require,
+    safe_torch_load,
+)
 from napari_probseg.models.errors import (
     DimensionalityError,
     MissingModelFileError,
@@ -125,13 +129,7 @@ class NNUNetFolderInfo:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelCardError(f"model: cannot read {str(path)!r}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelCardError(f"model: {str(path)!r} does not hold a JSON object")
-    return data
+    return read_mapping(path, what="model")
 
 
 def _class_names(dataset: dict[str, Any]) -> list[str]:
