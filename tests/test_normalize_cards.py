@@ -193,3 +193,35 @@ def test_reference_parser_accepts_exactly_the_contract(name, values, n):
     with pytest.raises(ModelCardError, match=r"^reference\.methods\.softmax"):
         bad = {"data": "x", "n_images": 3, "methods": {"softmax": {name: entry}}}
         ModelCard.from_dict(_card(reference=bad))
+
+
+@pytest.mark.parametrize(
+    ("verdict_choice", "field"),
+    [
+        ({"softmax": {"epistemic": "predictive_entropy/mean"}}, None),
+        (
+            {"softmax": {"epistemic": "structure/volume_cov"}},
+            r"reference\.verdict\.softmax\.epistemic",
+        ),
+        ({"ensemble": {"epistemic": "predictive_entropy/mean"}}, r"reference\.verdict\.ensemble"),
+        ({"softmax": "predictive_entropy/mean"}, r"reference\.verdict\.softmax"),
+        (["softmax"], r"reference\.verdict"),
+        (
+            {"softmax": {"epistemic": "predictive_entropy/mean", "aleatoric": "x/mean"}},
+            r"reference\.verdict\.softmax\.aleatoric",
+        ),
+    ],
+)
+def test_reference_verdict_choice_names_known_scores(verdict_choice, field):
+    entry = {"n": 3, "quantiles": {"0.05": 0.0, "0.5": 0.1, "0.95": 0.2, "0.99": 0.3}}
+    ref = {
+        "data": "x",
+        "n_images": 3,
+        "methods": {"softmax": {"predictive_entropy/mean": entry}},
+        "verdict": verdict_choice,
+    }
+    if field is None:
+        assert ModelCard.from_dict(_card(reference=ref)).reference["verdict"] == verdict_choice
+    else:
+        with pytest.raises(ModelCardError, match=f"^{field}"):
+            ModelCard.from_dict(_card(reference=ref))

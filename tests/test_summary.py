@@ -287,3 +287,112 @@ def test_verdict_with_half_a_reference():
     assert "48 in-domain images" in v["sentence"] and v["aleatoric"]["status"] == "no_reference"
     v = verdict(_summary(mi=0.01, ee=0.1), reference=ref, domain=None)
     assert v["kind"] == "no_reference" and "expected_entropy/mean" in v["sentence"]
+
+
+def _with_volume_spread(summary, cov):
+    summary["structure"] = [{"measure": "volume_cov", "value": cov}]
+    return summary
+
+
+def _chosen_reference():
+    ref = _reference()
+    q = {"0.05": 0.1, "0.5": 0.3, "0.95": 0.6, "0.99": 0.7}
+    ref["methods"]["mc_dropout"]["structure/volume_cov"] = {"n": 48, "quantiles": q}
+    ref["methods"]["mc_dropout"]["mutual_information/foreground_normalized"] = {
+        "n": 48,
+        "quantiles": {"0.05": 0.1, "0.5": 0.3, "0.95": 1.0, "0.99": 1.2},
+    }
+    ref["verdict"] = {
+        "mc_dropout": {
+            "epistemic": "structure/volume_cov",
+            "aleatoric": "expected_entropy/mean",
+            "chosen_by": "test",
+        }
+    }
+    return ref
+
+
+def test_verdict_compares_the_scores_the_card_chose():
+    """reference["verdict"] names the epistemic score (here the volume spread); the sentence
+    names it, and a forced aggregation overrides the card's choice."""
+    ref = _chosen_reference()
+    # mean MI far above its reference, but the card's epistemic score is the volume spread
+    s = _with_volume_spread(_summary(mi=0.05, ee=0.1), 0.3)
+    v = verdict(s, reference=ref, domain={"in_domain": True})
+    assert v["kind"] == "confident" and v["epistemic"]["key"] == "structure/volume_cov"
+    assert v["chosen_by"] == "test" and v["aggregation"] == "volume_cov"
+    assert "spread of the segmented volume" in v["sentence"]
+    s = _with_volume_spread(_summary(mi=0.0, ee=0.1), 0.9)
+    v = verdict(s, reference=ref, domain={"in_domain": True})
+    assert v["kind"] == "unfamiliar" and v["epistemic"]["threshold"] == 0.6
+    assert "spread of the segmented volume over the samples" in v["sentence"]
+    # the caller may force an aggregation of the maps instead
+    v = verdict(_with_volume_spread(_summary(mi=0.05), 0.3), reference=ref, aggregation="mean")
+    assert v["kind"] == "unfamiliar" and v["epistemic"]["key"] == "mutual_information/mean"
+    assert v["chosen_by"] is None
+
+
+def test_undefined_score_falls_back_to_the_mean_and_is_never_confident():
+    """No consensus foreground: the foreground-normalized score is undefined. The verdict
+    compares the map's mean instead and says so; with no mean either it cannot judge."""
+    ref = _chosen_reference()
+    ref["verdict"]["mc_dropout"]["epistemic"] = "mutual_information/foreground_normalized"
+    s = _summary(mi=0.05, ee=0.1)
+    s["scores"].append(
+        {
+            "key": "mutual_information/foreground_normalized",
+            "map": "mutual_information",
+            "aggregation": "foreground_normalized",
+            "value": None,
+        }
+    )
+    v = verdict(s, reference=ref, domain=None)
+    assert v["epistemic"]["fallback_from"] == "mutual_information/foreground_normalized"
+    assert v["epistemic"]["key"] == "mutual_information/mean" and v["kind"] == "unfamiliar"
+    assert "has no value for this image" in v["sentence"]
+    # undefined and no fallback value: "cannot judge", never confident
+    s["scores"] = [x for x in s["scores"] if x["key"] != "mutual_information/mean"]
+    v = verdict(s, reference=ref, domain={"in_domain": True})
+    assert v["kind"] == "no_reference" and v["epistemic"]["status"] == "undefined"
+    assert "cannot judge" in v["sentence"]
+    # a volume spread undefined because every sample is empty falls back too
+    ref = _chosen_reference()
+    s = _with_volume_spread(_summary(mi=0.001, ee=0.1), None)
+    v = verdict(s, reference=ref, domain=None)
+    assert v["epistemic"]["fallback_from"] == "structure/volume_cov"
+    assert v["kind"] == "confident" and v["epistemic"]["value"] == 0.001
+
+
+@pytest.mark.timeout(600)
+def test_bundled_mc_dropout_verdict_flags_strong_shift_with_the_cards_choice():
+    """The bundled card's reference and verdict choice on a real model and shifted images no
+    reference image came from: most strongest-shift images unfamiliar, in-domain mostly not.
+    (`make validate` measures the shares on 48 images with intervals.)"""
+    from napari_probseg.data.synthetic import make_lesions
+    from napari_probseg.models import load_method
+    from napari_probseg.models.registry import bundled_models
+
+    card = bundled_models()["lesions2d-unet"]
+    choice = card.reference["verdict"]["mc_dropout"]
+    assert choice["epistemic"] in card.reference["methods"]["mc_dropout"]
+    method = load_method(card, "mc_dropout", device="cpu")
+    ref = engine.card_reference(card)
+    kinds = {}
+    for sev in (0, 3):
+        images = make_lesions(6, seed=4321, shift=sev).images
+        kinds[sev] = [
+            engine.summarize(
+                engine.run_prediction(im, method, n_samples=16, seed=j, device="cpu"),
+                reference=ref,
+            )["verdict"]
+            for j, im in enumerate(images)
+        ]
+    shifted = [v["kind"].startswith("unfamiliar") for v in kinds[3]]
+    inside = [v["kind"].startswith("unfamiliar") for v in kinds[0]]
+    assert sum(shifted) >= 5, [v["sentence"] for v in kinds[3]]
+    assert sum(inside) <= 1, [v["sentence"] for v in kinds[0]]
+    assert all(
+        v["epistemic"]["key"] == choice["epistemic"]
+        for v in kinds[0]
+        if v["epistemic"].get("fallback_from") is None
+    )

@@ -23,6 +23,7 @@ run) and tests alike.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -67,6 +68,18 @@ DEFAULT_CLUSTER_IOU = 0.8
 REFERENCE_QUANTILE = "0.95"
 #: Aggregation the verdict reads by default (the one a reference must hold).
 DEFAULT_VERDICT_AGGREGATION = "mean"
+#: Compared instead where the chosen aggregation is undefined (no consensus foreground).
+FALLBACK_AGGREGATION = "mean"
+_STRUCTURE_LABEL = {
+    "volume_cov": "spread of the segmented volume over the samples (coefficient of variation)",
+    "pairwise_dice": "mean pairwise Dice of the samples",
+    "cluster_entropy": "entropy over distinct hypotheses",
+}
+_AGGREGATION_TEXT = {
+    "mean": "mean over the image",
+    "foreground_normalized": "summed over the image per consensus-foreground voxel",
+    "patch_max": "largest patch mean",
+}
 #: Every ``verdict["kind"]``.
 VERDICT_KINDS = (
     "confident",
@@ -167,25 +180,37 @@ def _reference_entry(
     return entry
 
 
+def _score_label(key: str, source: Sequence[str]) -> str:
+    """Plain-words name of a verdict score: the map's term label, or the structure measure's."""
+    head, tail = key.split("/", 1)
+    if head == "structure":
+        return _STRUCTURE_LABEL.get(tail, tail.replace("_", " "))
+    return term_label(head, source)
+
+
 def _check(
     summary: Mapping[str, Any],
     reference: Mapping[str, Any] | None,
     method: str,
-    map_name: str | None,
-    aggregation: str,
+    key: str | None,
     role: str,
 ) -> dict[str, Any]:
-    """Compare one score with the reference's upper quantile."""
-    if map_name is None:
+    """Compare one score (``"<map>/<aggregation>"`` or ``"structure/<measure>"``) with the
+    reference's upper quantile."""
+    if key is None:
         return {"role": role, "key": None, "status": "undefined"}
-    key = score_key(map_name, aggregation)
+    head, tail = key.split("/", 1)
     value = score_value(summary, key)
     out: dict[str, Any] = {
         "role": role,
         "key": key,
-        "map": map_name,
-        "aggregation": aggregation,
-        "label": term_label(map_name, summary["source"]),
+        "map": None if head == "structure" else head,
+        "aggregation": tail if head != "structure" else None,
+        "measure": tail if head == "structure" else None,
+        "label": _score_label(key, summary["source"]),
+        "how": _AGGREGATION_TEXT.get(tail, f"{tail} over the image")
+        if head != "structure"
+        else "over the samples",
         "value": value,
         "reference_quantile": float(REFERENCE_QUANTILE),
     }
@@ -202,12 +227,72 @@ def _check(
     return out
 
 
+def _check_with_fallback(
+    summary: Mapping[str, Any],
+    reference: Mapping[str, Any] | None,
+    method: str,
+    key: str | None,
+    fallback: str | None,
+    role: str,
+) -> dict[str, Any]:
+    """:func:`_check`, falling back to ``fallback`` where the score is undefined.
+
+    A foreground-normalized score has no value when the consensus has no foreground, a volume
+    spread none when every sample is empty; an undefined score must never read as "in range"
+    (the verdict would be confident exactly where the model sees nothing), so the map's mean
+    over the image is compared instead and the check says so (``fallback_from``)."""
+    out = _check(summary, reference, method, key, role)
+    if out["status"] == "undefined" and fallback is not None and fallback != key:
+        alt = _check(summary, reference, method, fallback, role)
+        if alt["status"] in ("above", "in_range"):
+            alt["fallback_from"] = key
+            return alt
+    return out
+
+
+def verdict_scores(
+    reference: Mapping[str, Any] | None,
+    method: str,
+    source: Sequence[str] | str,
+    aggregation: str | None = None,
+) -> dict[str, str | None]:
+    """Return the score keys the verdict compares for ``method``.
+
+    Parameters
+    ----------
+    reference : mapping or None
+        The card's reference; ``reference["verdict"][method]`` may name the scores
+        (``{"epistemic": key, "aleatoric": key, "chosen_by": text}``, chosen when the card's
+        reference was built; see :mod:`napari_probseg.training.demo`).
+    method : str
+    source : str or sequence of str
+    aggregation : str or None
+        Force this aggregation of the maps of :func:`verdict_terms` (ignores the card's choice).
+
+    Returns
+    -------
+    dict
+        ``{"epistemic": key, "aleatoric": key or None, "chosen_by": text or None}``; single-pass
+        methods: ``epistemic`` is the predictive entropy's score (role "total").
+    """
+    terms = verdict_terms(source)
+    epistemic_map = terms["epistemic"] or "predictive_entropy"
+    chosen = {} if aggregation else (((reference or {}).get("verdict") or {}).get(method) or {})
+    agg = aggregation or DEFAULT_VERDICT_AGGREGATION
+    aleatoric = terms["aleatoric"]
+    return {
+        "epistemic": chosen.get("epistemic") or score_key(epistemic_map, agg),
+        "aleatoric": chosen.get("aleatoric") or (aleatoric and score_key(aleatoric, agg)),
+        "chosen_by": chosen.get("chosen_by"),
+    }
+
+
 def verdict(
     summary: Mapping[str, Any],
     *,
     reference: Mapping[str, Any] | None,
     domain: Mapping[str, Any] | None = None,
-    aggregation: str = DEFAULT_VERDICT_AGGREGATION,
+    aggregation: str | None = None,
 ) -> dict[str, Any]:
     """Say what the image's uncertainty suggests, against the card's in-domain reference.
 
@@ -220,8 +305,12 @@ def verdict(
         "quantiles": {"0.05", "0.5", "0.95", "0.99"}}}}}``); None when the card has none.
     domain : mapping or None, keyword-only
         ``provenance["domain"]`` of the run (``in_domain`` False means the input check failed).
-    aggregation : str, keyword-only
-        Aggregation of the scores compared (default ``"mean"``).
+    aggregation : str or None, keyword-only
+        Compare this aggregation of the epistemic and aleatoric maps; None (default): the
+        scores the card's reference chose for the method (``reference["verdict"]``), else
+        :data:`DEFAULT_VERDICT_AGGREGATION` (see :func:`verdict_scores`). Where the image has
+        no value for a score (no consensus foreground, every sample empty), the map's mean over
+        the image is compared instead and the check carries ``fallback_from``.
 
     Returns
     -------
@@ -246,12 +335,20 @@ def verdict(
     terms = verdict_terms(source)
     decomposed = terms["epistemic"] is not None
     in_domain = None if not domain else domain.get("in_domain")
+    keys = verdict_scores(reference, method, source, aggregation)
+    check = functools.partial(_check_with_fallback, summary, reference, method)
     if decomposed:
-        epi = _check(summary, reference, method, terms["epistemic"], aggregation, "epistemic")
-        ale = _check(summary, reference, method, terms["aleatoric"], aggregation, "aleatoric")
+        epi = check(
+            keys["epistemic"], score_key(terms["epistemic"], FALLBACK_AGGREGATION), "epistemic"
+        )
+        ale = check(
+            keys["aleatoric"], score_key(terms["aleatoric"], FALLBACK_AGGREGATION), "aleatoric"
+        )
     else:
         # One pass: only the predictive entropy; it cannot say why the model is unsure.
-        epi = _check(summary, reference, method, "predictive_entropy", aggregation, "total")
+        epi = check(
+            keys["epistemic"], score_key("predictive_entropy", FALLBACK_AGGREGATION), "total"
+        )
         ale = {"role": "aleatoric", "key": None, "status": "undefined"}
     flags = []
     if in_domain is False:
@@ -263,14 +360,20 @@ def verdict(
     has_reference = epi["status"] != "no_reference" and (
         not decomposed or ale["status"] != "no_reference"
     )
+    undefined = [c for c in (epi, ale) if c.get("key") and c["status"] == "undefined"]
     n = summary.get("n_samples")
-    how = f"{aggregation} over the image" + (f", N = {n}" if n else "")
+    n_text = f", N = {n}" if n else ""
+    fell_back = [c for c in (epi, ale) if c.get("fallback_from")]
     ref_text = None
     if reference:
         ref_text = (
             f"the {float(REFERENCE_QUANTILE):.0%} point of {reference.get('n_images', '?')} "
             f"in-domain images ({reference.get('data', 'held-out data')})"
         )
+
+    def named(c: Mapping[str, Any]) -> str:
+        return f"{c['label']} ({c['how']}{n_text})"
+
     unfamiliar = "unfamiliar" in flags or "out_of_domain" in flags
     ambiguous = "ambiguous" in flags
     parts = []
@@ -278,13 +381,10 @@ def verdict(
         parts.append("the input is far from the model's training data")
     if "unfamiliar" in flags:
         parts.append(
-            f"its {epi['label']} ({how}) is above {ref_text} — the model is unfamiliar with "
-            "this image"
+            f"its {named(epi)} is above {ref_text} — the model is unfamiliar with this image"
         )
     if ambiguous:
-        parts.append(
-            f"its {ale['label']} ({how}) is above {ref_text} — the boundary is unusually ambiguous"
-        )
+        parts.append(f"its {named(ale)} is above {ref_text} — the boundary is unusually ambiguous")
     if unfamiliar and ambiguous:
         kind = "unfamiliar_and_ambiguous"
         action = "defer, or add such images to training; then review the alternatives"
@@ -301,23 +401,33 @@ def verdict(
             f"({', '.join(missing)}), so the tool cannot judge whether this image's uncertainty "
             "is unusual"
         )
+    elif undefined:
+        # never "confident" on a score that has no value for this image
+        kind = "no_reference"
+        action = "review the highlighted regions"
+        parts.append(
+            "its "
+            + " and ".join(named(c) for c in undefined)
+            + " has no value for this image, so the tool cannot judge whether its uncertainty "
+            "is unusual"
+        )
     elif not decomposed:
         if epi["status"] == "above":
             kind, action = "uncertain", "review the highlighted regions, or defer"
             parts.append(
-                f"its {epi['label']} ({how}) is above {ref_text}; this single-pass method "
+                f"its {named(epi)} is above {ref_text}; this single-pass method "
                 "cannot tell unfamiliar from ambiguous (rerun with a sampling method)"
             )
         else:
             kind, action = "confident", "a quick check of the consensus contour should do"
             parts.append(
-                f"its {epi['label']} ({how}) is within {ref_text}, but this single-pass method "
+                f"its {named(epi)} is within {ref_text}, but this single-pass method "
                 "cannot tell unfamiliar from ambiguous"
             )
     else:
         kind, action = "confident", "a quick check of the consensus contour should do"
         parts.append(
-            f"its {epi['label']} and {ale['label']} ({how}) are within {ref_text}"
+            f"its {named(epi)} and {named(ale)} are within {ref_text}"
             + ("" if in_domain else "; the input was not checked against the training data")
         )
     label = {
@@ -328,6 +438,12 @@ def verdict(
         "uncertain": "Uncertain",
         "no_reference": "Cannot judge",
     }[kind]
+    if fell_back:
+        parts.append(
+            " and ".join(f"{c['fallback_from']}" for c in fell_back)
+            + " has no value for this image (no consensus foreground, or every sample empty), "
+            "so the mean over the image was compared instead"
+        )
     sentence = f"{label}: " + "; ".join(parts) + f". Suggested: {action}."
     caveat = LATENT_CAVEAT if "latent" in source else CAVEAT
     return {
@@ -337,7 +453,8 @@ def verdict(
         "flags": flags,
         "epistemic": epi,
         "aleatoric": ale,
-        "aggregation": aggregation,
+        "aggregation": epi.get("aggregation") or epi.get("measure"),
+        "chosen_by": keys["chosen_by"],
         "reading": terms["reading"],
         "reference": None
         if not reference
@@ -433,7 +550,7 @@ def image_summary(
     min_size: int = DEFAULT_MIN_REGION,
     top_k: int = DEFAULT_MAX_REGIONS,
     cluster_iou: float = DEFAULT_CLUSTER_IOU,
-    verdict_aggregation: str = DEFAULT_VERDICT_AGGREGATION,
+    verdict_aggregation: str | None = None,
 ) -> dict[str, Any]:
     """Compute the image-level summary of one prediction, as a JSON-able dict.
 
@@ -467,8 +584,9 @@ def image_summary(
         Smallest region kept (voxels) and number of regions listed.
     cluster_iou : float in (0, 1]
         IoU at or above which samples count as one distinct hypothesis (cluster entropy).
-    verdict_aggregation : str
-        Aggregation the verdict compares with the reference.
+    verdict_aggregation : str or None
+        Aggregation the verdict compares with the reference (None: the card's choice, see
+        :func:`verdict`).
 
     Returns
     -------

@@ -136,7 +136,9 @@ class ModelCard:
         The in-domain distribution, over held-out images, of each image-level score of the engine's
         summary: ``{"data": str, "n_images": int, "methods": {<method>: {"<map>/<aggregation>" or
         "structure/<measure>": {"n": int, "quantiles": {"0.05": v, "0.5": v, "0.95": v,
-        "0.99": v}}}}}``. None when unknown.
+        "0.99": v}}}}, "verdict": {<method>: {"epistemic": key, "aleatoric": key or None,
+        "chosen_by": str, "detection": {key: share}}}}``; ``verdict`` (optional) names the
+        scores the verdict compares (``napari_probseg.training.reference``). None when unknown.
     schema_version : int
     path : Path or None
         File the card was read from; relative file names resolve against its folder.
@@ -406,8 +408,14 @@ def _check_training_distribution(td: Any, spatial_dims: int, bad: Any) -> None:
 def _check_reference(ref: Any, bad: Any) -> None:
     """Validate ``reference`` (see `ModelCard`), naming the bad sub-field."""
     name = "reference"
-    if not isinstance(ref, dict) or set(ref) != {"data", "n_images", "methods"}:
-        raise bad(name, "expected a mapping with exactly the keys 'data', 'n_images', 'methods'")
+    if not isinstance(ref, dict) or not (
+        {"data", "n_images", "methods"} <= set(ref) <= {"data", "n_images", "methods", "verdict"}
+    ):
+        raise bad(
+            name,
+            "expected a mapping with the keys 'data', 'n_images', 'methods' and optionally "
+            "'verdict'",
+        )
     if not isinstance(ref["data"], str) or not ref["data"]:
         raise bad(f"{name}.data", "expected a non-empty string")
     n = ref["n_images"]
@@ -430,6 +438,31 @@ def _check_reference(ref: Any, bad: Any) -> None:
             _check_quantiles(
                 entry["quantiles"], REFERENCE_QUANTILES, f"{where}.{key}.quantiles", bad
             )
+    _check_verdict_choice(ref.get("verdict"), ref["methods"], bad)
+
+
+def _check_verdict_choice(choice: Any, methods: dict, bad: Any) -> None:
+    """Validate ``reference.verdict``: per method the score keys the verdict compares, each one
+    a score of that method's reference (a key it has no quantiles for could never be judged)."""
+    if choice is None:
+        return
+    name = "reference.verdict"
+    if not isinstance(choice, dict):
+        raise bad(name, "expected a mapping of method name to chosen scores")
+    for method, entry in choice.items():
+        where = f"{name}.{method}"
+        if method not in methods:
+            raise bad(where, "no reference scores for this method")
+        if not isinstance(entry, dict) or not isinstance(entry.get("epistemic"), str):
+            raise bad(where, "expected a mapping with an 'epistemic' score name")
+        for role in ("epistemic", "aleatoric"):
+            key = entry.get(role)
+            if key is None and role == "aleatoric":
+                continue
+            if not isinstance(key, str) or key not in methods[method]:
+                raise bad(f"{where}.{role}", f"not a score of the method's reference: {key!r}")
+        if "chosen_by" in entry and not isinstance(entry["chosen_by"], str):
+            raise bad(f"{where}.chosen_by", "expected a string")
 
 
 def load_card(path: str | Path) -> ModelCard:

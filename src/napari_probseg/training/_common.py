@@ -39,6 +39,7 @@ __all__ = [
     "lesion_dataset",
     "mean_mutual_information",
     "reference_entry",
+    "row_verdict",
     "save_model",
     "score_table",
     "train_network",
@@ -71,6 +72,34 @@ def score_table(summary: dict[str, Any]) -> dict[str, float | None]:
     for entry in summary.get("structure", []):
         out[f"structure/{entry['measure']}"] = entry["value"]
     return out
+
+
+def row_verdict(
+    row: dict[str, Any],
+    method: str,
+    source: str | tuple[str, ...],
+    reference: Any,
+) -> dict[str, Any]:
+    """The summary's own verdict for one image, from a stored row of :func:`image_scores`
+    (its score table and domain check): the product's rule, not a re-implementation, so that
+    stored rows stay valid when a card's reference or verdict choice changes."""
+    from napari_probseg.core.summary import verdict
+
+    scores, structure = [], []
+    for key, value in row["scores"].items():
+        map_name, agg = key.split("/", 1)
+        if map_name == "structure":
+            structure.append({"measure": agg, "value": value})
+        else:
+            scores.append({"key": key, "map": map_name, "aggregation": agg, "value": value})
+    summary = {
+        "method": method,
+        "source": list(source.split("+") if isinstance(source, str) else source),
+        "scores": scores,
+        "structure": structure,
+        "n_samples": None,
+    }
+    return verdict(summary, reference=reference, domain=row.get("domain"))
 
 
 def image_scores(

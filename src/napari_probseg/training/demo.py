@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from napari_probseg._resources import resources_root
-from napari_probseg.data.synthetic import make_lesions
 from napari_probseg.models.cards import ModelCard
 from napari_probseg.models.loading import build_method
 from napari_probseg.models.networks import build_network
@@ -40,14 +39,13 @@ from napari_probseg.training._common import (
     Dataset,
     evaluate_method,
     fit_temperature,
-    image_scores,
     intensity_quantiles,
     lesion_dataset,
     member_nets,
-    reference_entry,
     save_model,
     train_network,
 )
+from napari_probseg.training.reference import build_reference
 
 FEATURES_2D = [8, 16, 32, 64, 128, 8]
 FEATURES_3D = [8, 8, 16, 32, 64, 8]
@@ -132,8 +130,6 @@ DATA = {  # n_train, n_val, n_test, seeds, batch, patch
     2: {"n": (64, 12, 12), "seeds": (1000, 2000, 3000), "batch": 6, "patch": (48, 48)},
     3: {"n": (16, 3, 2), "seeds": (1100, 2100, 3100), "batch": 2, "patch": (32, 32, 32)},
 }
-REFERENCE = {2: (32, 6000), 3: (4, 6100)}  # n_images, seed of the reference (held-out) set
-REFERENCE_SAMPLES = 16  # the engine's default N
 EVAL = {  # methods evaluated on the held-out set
     "plain": ("softmax", "mc_dropout", "laplace"),
     "ensemble": ("ensemble",),
@@ -162,38 +158,6 @@ def _training_distribution(ndim: int, train: Dataset) -> dict[str, Any]:
         "n_images": len(train.x),
         "spacing": [1.0] * ndim,
         "intensity_quantiles": intensity_quantiles(train.x),
-    }
-
-
-def reference_for_method(
-    card: ModelCard, net: torch.nn.Module, name: str, images: Any = None
-) -> dict[str, Any]:
-    """The ``reference["methods"][name]`` entry: the engine's summary scores of method ``name``
-    over the held-out reference images (made here when ``images`` is None)."""
-    if images is None:
-        n, seed = REFERENCE[card.spatial_dims]
-        images = make_lesions(n, ndim=card.spatial_dims, n_raters=4, seed=seed).images
-    method = build_method(card, net, name)
-    rows = image_scores(method, images, n_samples=REFERENCE_SAMPLES, seed=0)
-    entry = reference_entry([r["scores"] for r in rows])
-    _log(f"  reference {name}: {len(entry)} scores on {len(images)} images")
-    return entry
-
-
-def _reference(card: ModelCard, net: torch.nn.Module, ndim: int) -> dict[str, Any]:
-    """In-domain distribution over held-out images of every image-level score of the engine's
-    summary, for each method of the card (the verdict's reference)."""
-    n, seed = REFERENCE[ndim]
-    images = make_lesions(n, ndim=ndim, n_raters=4, seed=seed).images
-    methods = {
-        name: reference_for_method(card, net, name, images) for name in card.available_methods
-    }
-    return {
-        "data": f"held-out synthetic lesions make_lesions(n_images={n}, ndim={ndim}, seed={seed}); "
-        f"engine run_prediction with n_samples={REFERENCE_SAMPLES}, seed = image index, "
-        "scores of napari_probseg.engine._summary.summarize",
-        "n_images": n,
-        "methods": methods,
     }
 
 
@@ -300,7 +264,7 @@ def train_one(spec: dict[str, Any], out: Path, *, scale: float, data: dict[int, 
         _log(f"  {spec['name']} {name}: {metrics[name]}")
     card.metrics = metrics
     card.training_distribution = _training_distribution(ndim, train)
-    card.reference = _reference(card, net, ndim)
+    card.reference = build_reference(card, net)
     card.validate()
     save_model(card, net, out)
     _log(f"{spec['name']}: done in {time.perf_counter() - t0:.0f} s")

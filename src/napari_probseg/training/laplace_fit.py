@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = evaluate_laplace(card, network, test, shifted)
     card.metrics = {**(card.metrics or {}), "laplace": metrics}
     if card.reference:  # the verdict's in-domain reference must describe the refit posterior
-        from napari_probseg.training.demo import reference_for_method
+        from napari_probseg.training.reference import build_reference
 
-        card.reference["methods"]["laplace"] = reference_for_method(card, network, "laplace")
+        card.reference = build_reference(card, network, methods=["laplace"])
     card.save(card.path)
     mi, mi_s = metrics["mean_mutual_information"], metrics["mean_mutual_information_shifted"]
     print(
