@@ -366,10 +366,11 @@ def verdict(
     fell_back = [c for c in (epi, ale) if c.get("fallback_from")]
     ref_text = None
     if reference:
-        ref_text = (
-            f"the {float(REFERENCE_QUANTILE):.0%} point of {reference.get('n_images', '?')} "
-            f"in-domain images ({reference.get('data', 'held-out data')})"
-        )
+        n_ref = epi.get("reference_n") or reference.get("n_images", "?")
+        # the data's first clause only: the rest (engine settings, module paths) is for the
+        # card reader and made the sentence unreadable (and unbreakable) in the review panel
+        data = str(reference.get("data") or "held-out data").split(";", 1)[0]
+        ref_text = f"the {float(REFERENCE_QUANTILE):.0%} point of {n_ref} in-domain images ({data})"
 
     def named(c: Mapping[str, Any]) -> str:
         return f"{c['label']} ({c['how']}{n_text})"
@@ -476,7 +477,9 @@ def _structure(samples: np.ndarray, cluster_iou: float) -> list[dict[str, Any]]:
 
     n = int(samples.shape[0])
     exact = sample_set_entropy(samples)
-    n_distinct = len(np.unique(samples.reshape(n, -1), axis=0))
+    # distinct masks by content (np.unique(axis=0) builds a structured dtype with one field
+    # per voxel: ~230 ms holding the GIL on a 3D sample stack, a visible viewer stall)
+    n_distinct = len({np.ascontiguousarray(m).tobytes() for m in samples})
     saturated = n >= 2 and n_distinct == n
     exact_text = _STRUCTURE_TEXT["sample_set_entropy"]
     if saturated:
