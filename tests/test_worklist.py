@@ -90,7 +90,9 @@ def test_worklist_rank_annotate_retrain_rerank(make_napari_viewer, qtbot, tmp_pa
     assert panel.edit_layer is not None
     panel.edit_layer.data = data.raters[int(expected[-1]), 1].astype(np.uint8)
     panel.session.dirty = True
-    second = widget.save_and_next()
+    assert widget.save_and_next() is not None  # the save runs in the panel's worker
+    qtbot.waitUntil(lambda: panel.worker is None and widget.current != expected, timeout=60_000)
+    second = widget.current
     assert store.raters(expected) == ["alice"]
     assert second is not None and second not in (expected, "img3")
     assert widget.annotation.image_id == second
