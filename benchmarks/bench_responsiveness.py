@@ -53,11 +53,33 @@ def _instrument_landing(steps: list) -> object:
         head = self.steps[0] if self.steps else ("finish", None, None)
         what = "finish" if head[2] is None else _session.item_what(head[2])
         t = time.perf_counter()
-        original(self)
+        if os.environ.get("PROBSEG_PROFILE_STEP") == what:  # e.g. contours: where its time goes
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.runcall(original, self)
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+        else:
+            original(self)
         steps.append((head[0], what, 1000 * (time.perf_counter() - t)))
 
     _session._Landing.step = step
     return lambda: setattr(_session._Landing, "step", original)
+
+
+def _instrument_draw(viewer, draws: list, state: dict) -> object:
+    """Record ``(phase, ms)`` of each canvas redraw (software OpenGL draws on the GUI thread)."""
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas  # private, benchmark only
+    original = canvas.on_draw
+
+    def on_draw(event) -> None:
+        t = time.perf_counter()
+        original(event)
+        draws.append((state["phase"], 1000 * (time.perf_counter() - t)))
+
+    canvas.on_draw = on_draw
+    return lambda: setattr(canvas, "on_draw", original)
 
 
 def _measure(viewer, widget, key: str, n_samples: int, profile: bool = False) -> dict:
@@ -72,7 +94,9 @@ def _measure(viewer, widget, key: str, n_samples: int, profile: bool = False) ->
 
     stages: list[tuple[str, float]] = []
     steps: list = []
+    draws: list[tuple[str, float]] = []
     undo = _instrument_landing(steps) if profile else None
+    undo_draw = _instrument_draw(viewer, draws, state) if profile else None
 
     def tick() -> None:
         now = clock.nsecsElapsed() / 1e6
@@ -109,6 +133,7 @@ def _measure(viewer, widget, key: str, n_samples: int, profile: bool = False) ->
     widget.run_finished.disconnect(finished)
     if undo is not None:
         undo()
+        undo_draw()
     out = {"run_s": (done["t"] or time.perf_counter()) - t0, "ok": done.get("ok", False)}
     for phase, values in gaps.items():
         # The first sampling gap is the probe's start-up; the landing gap is the whole landing.
@@ -119,7 +144,8 @@ def _measure(viewer, widget, key: str, n_samples: int, profile: bool = False) ->
             "p99_ms": float(np.percentile(arr, 99)),
             "median_ms": float(np.median(arr)),
         }
-    out["steps"], out["stages"] = steps, stages
+    out["steps"], out["stages"], out["landing_gaps"] = steps, stages, gaps["landing"]
+    out["draws"] = draws
     return out
 
 
@@ -165,6 +191,15 @@ def main(argv: list[str] | None = None) -> None:
             if profile:
                 for action, what, ms in res["steps"]:
                     print(f"    landing step {action:8s} {what:22s} {ms:7.1f} ms")
+                big = [f"{g:.0f}" for g in res["landing_gaps"] if g > 30]
+                print(f"    landing gaps > 30 ms, in order: {', '.join(big) or 'none'}")
+                for phase in ("sampling", "landing"):
+                    ms = [d for p, d in res["draws"] if p == phase]
+                    if ms:
+                        print(
+                            f"    canvas redraws while {phase}: {len(ms)}, max {max(ms):.0f} ms,"
+                            f" total {sum(ms):.0f} ms"
+                        )
                 for stage, ms in res["stages"][:12]:
                     print(f"    sampling stall {ms:7.1f} ms during {stage}")
         print(f"  load average: {os.getloadavg()}")
