@@ -289,7 +289,7 @@ def test_class_view_calibration_of_evaluate_store_is_class_vs_rest(store):
     expected = calibration(_probs(0)[1], RATERS["r2"], n_bins=10, confidence="foreground")
     assert ev.calibration.ece == pytest.approx(expected.ece)
     assert ev.settings["calibration_classes"].startswith("class 1 vs rest")
-    with pytest.raises(ValueError, match="^class_index"):
+    with pytest.raises(ValueError, match=r"^class_index"):
         evaluate_store(store, class_index=5, image_ids=["a"])
 
 
