@@ -197,7 +197,9 @@ def test_autosave_writes_a_draft_recovered_on_reopen(make_napari_viewer, qtbot, 
     layer = panel.start_editing("empty")
     layer.mode = "paint"
     layer.paint((4, 4), 1)
-    qtbot.waitUntil(lambda: "dora" in store.draft_raters("img"), timeout=10_000)
+    # The tick writes the draft in a worker; its end is handled on the GUI thread.
+    qtbot.waitUntil(lambda: panel.policy.drafts_written >= 1 and not panel.busy, timeout=10_000)
+    assert "dora" in store.draft_raters("img")
     assert panel.policy.drafts_written >= 1 and not panel.session.dirty
     np.testing.assert_array_equal(store.load_draft("img", "dora")[0], layer.data)
     expected = np.array(layer.data)
