@@ -75,6 +75,7 @@ def draw_reliability(
 
     c = calibration
     fig.clear()
+    fig.set_layout_engine("tight")  # axis labels stay inside a panel's small canvas
     ax, hx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     edges = np.asarray(c.bin_edges)
     width, left = np.diff(edges), edges[:-1]
