@@ -226,6 +226,7 @@ def test_hostile_rater_id_is_a_notification_and_writes_nothing(make_napari_viewe
     viewer = make_napari_viewer()
     panel = AnnotationWidget(viewer)
     panel.open_store(store.path)
+    assert panel.wait()  # the image is read in a worker
     snapshot = _tree(store.path)
     before = len(_notes())
     for hostile in ("../../etc/passwd", "alice/../../x", ".hidden", "CON", "a b", ""):
@@ -393,6 +394,9 @@ def test_store_images_stay_in_the_run_panel_and_the_label_counts_them(make_napar
     store2 = ProjectStore.create(tmp_path / "q.zarr")
     store2.add_image(np.ones((6, 6), np.float32), image_id="other", scale=(1.0, 1.0))
     opened.open_store(tmp_path / "q.zarr")
+    assert "other" not in viewer.layers  # its voxels are read in a worker...
+    assert opened.image_id == "other" and opened.wait()  # ...and arrive as a layer
+    assert viewer.layers["other"].metadata["probseg"]["image_id"] == "other"
     items = [run.image_combo.itemText(i) for i in range(run.image_combo.count())]
     assert "other" in items
 
@@ -456,6 +460,7 @@ def test_switching_image_mid_edit_leaves_paint_mode_and_keeps_a_draft(make_napar
     panel.select_image("img2")
     assert layer.mode == "pan_zoom"
     assert viewer.layers.selection.active is not layer
+    assert panel.wait() and viewer.layers.selection.active is viewer.layers["img2"]
     assert "alice" in panel.store.draft_raters("img")
     assert any("stopped editing" in n and "draft" in n for n in _notes("WARNING"))
 
@@ -592,3 +597,20 @@ def test_agreement_and_raters_are_read_in_a_worker(make_napari_viewer, qtbot, tm
     assert panel.last_agreement.dice[0, 1] == pytest.approx(1.0)
     np.testing.assert_array_equal(viewer.layers["img · majority vote"].data, a)
     assert _show(qtbot, panel) == ["img · a", "img · b"]
+
+
+def test_store_image_is_read_in_a_worker_and_lands_under_the_edit(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    store = _store_with(tmp_path, {})
+    panel = AnnotationWidget(viewer)
+    panel.open_store(store.path)
+    assert panel.busy and panel.open_button.isEnabled()  # a quiet read: the panel stays usable
+    assert "img" not in viewer.layers
+    panel.set_rater("alice", "expert")
+    edit = panel.start_editing("empty")  # before the voxels arrived: only the shape is needed
+    assert edit is not None and edit.data.shape == (8, 8)
+    assert panel.wait()
+    image = viewer.layers["img"]
+    assert viewer.layers.index(image) < viewer.layers.index(edit)  # never over the painted layer
+    assert viewer.layers.selection.active is edit and edit.mode == "paint"
+    np.testing.assert_array_equal(image.data, store.read_image("img")[0])

@@ -115,14 +115,18 @@ class VersionsMixin:
             read, add, action="loading the versions", button=self.show_button, text="Loading…"
         )
 
-    def _add_layer(self, layer_data: tuple[Any, dict, str]) -> Any:
+    def _add_layer(self, layer_data: tuple[Any, dict, str], index: int | None = None) -> Any:
+        """Add a layer-data tuple (replacing a layer of the same name), at ``index`` or on top."""
         from napari.layers import Layer
 
         data, kwargs, kind = layer_data
         for old in [lay for lay in self.viewer.layers if lay.name == kwargs["name"]]:
             self.viewer.layers.remove(old)
         layer = Layer.create(data, kwargs, kind)
-        self.viewer.layers.append(layer)
+        if index is None:
+            self.viewer.layers.append(layer)
+        else:
+            self.viewer.layers.insert(index, layer)
         return layer
 
     # ------------------------------------------------------------------ agreement

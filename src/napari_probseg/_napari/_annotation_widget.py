@@ -394,7 +394,12 @@ class AnnotationWidget(VersionsMixin, QWidget):
 
     @notify_errors("opening the image")
     def select_image(self, image_id: str) -> bool:
-        """Make ``image_id`` the current image (shown in the viewer if it is not yet)."""
+        """Make ``image_id`` the current image (shown in the viewer if it is not yet).
+
+        The image is current at once (editing can start: only its shape is needed); if it is not
+        in the viewer yet, its voxels are read in a quiet worker (the panel stays usable) and the
+        layer is added under the edited layer when they arrive.
+        """
         store = self._require_store()
         store.image_info(validate_identifier(image_id, "image_id"))
         if image_id != self.image_id:
@@ -403,11 +408,28 @@ class AnnotationWidget(VersionsMixin, QWidget):
         self.image_combo.setCurrentText(image_id)
         layer = self._image_layer(image_id)
         if layer is None:
-            layer = self._add_layer(image_layer_data(store, image_id))
-        if layer in self.viewer.layers:
+            if self.edit_layer is None:  # nothing stays active over the image to come
+                self.viewer.layers.selection.active = None
+            self._run_io(
+                lambda: image_layer_data(store, image_id),
+                lambda item: self._show_image(store, image_id, item),
+                action="opening the image",
+                quiet=True,
+            )
+        elif layer in self.viewer.layers:
             self.viewer.layers.selection.active = layer
         self._after_identity_change()
         return True
+
+    def _show_image(self, store: ProjectStore, image_id: str, item: Any) -> None:
+        if self.store is not store or self.image_id != image_id:
+            return  # another image was chosen meanwhile
+        if self._image_layer(image_id) is not None:
+            return
+        edit = self.edit_layer
+        below = self.viewer.layers.index(edit) if edit in self.viewer.layers else None
+        layer = self._add_layer(item, index=below)  # never over the layer being painted
+        self.viewer.layers.selection.active = layer if edit is None else edit
 
     # ------------------------------------------------------------------ rater and blind mode
     @notify_errors("choosing the rater")
