@@ -96,6 +96,8 @@ def test_worklist_rank_annotate_retrain_rerank(make_napari_viewer, qtbot, tmp_pa
     assert store.raters(expected) == ["alice"]
     assert second is not None and second not in (expected, "img3")
     assert widget.annotation.image_id == second
+    assert panel.wait() and second in viewer.layers  # the next image's voxels arrived too
+    assert panel.edit_layer is not None and panel.edit_layer.mode == "paint"
     assert widget.table.item([r.image_id for r in widget.rows].index(expected), 3).text() == "yes"
 
     widget.epochs_spin.setValue(1)

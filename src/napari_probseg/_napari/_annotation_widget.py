@@ -78,7 +78,8 @@ class AnnotationWidget(VersionsMixin, QWidget):
     during a save stays unsaved (and is autosaved).
     """
 
-    #: Emitted on the GUI thread after each save with its ``SaveOutcome`` (None: nothing changed).
+    #: Emitted on the GUI thread once a save's worker ended, with its ``SaveOutcome`` (None:
+    #: nothing changed); the panel is usable again, so a listener may open the next image.
     saved = Signal(object)
 
     def __init__(self, napari_viewer: Any, *, recovery_dir: str | Path | None = None) -> None:
@@ -101,6 +102,7 @@ class AnnotationWidget(VersionsMixin, QWidget):
         self._busy: tuple[Any, str] | None = None
         self._painted_while_busy = False
         self._quiet = False
+        self._saved_outcome: tuple[SaveOutcome | None] | None = None
         self.timer = QTimer(self)
         self.timer.setInterval(self.policy.interval_ms)
         self.timer.timeout.connect(self.autosave)
@@ -287,6 +289,10 @@ class AnnotationWidget(VersionsMixin, QWidget):
         for box in self._boxes:
             box.setEnabled(True)
         self._update_state()
+        if self._saved_outcome is not None:  # after the worker ended: listeners may start more
+            (outcome,) = self._saved_outcome
+            self._saved_outcome = None
+            self.saved.emit(outcome)
 
     def wait(self, timeout_ms: int = _CLOSE_WAIT_MS) -> bool:
         """Process events until the running store worker ended; False if it still runs."""
@@ -708,7 +714,7 @@ class AnnotationWidget(VersionsMixin, QWidget):
             self.last_outcome = SaveOutcome(error=str(exc))
             if self.session is live and self.autosave(force=True) is not None:
                 show_warning("probseg: your work is kept in the layer and as an autosaved draft")
-            self.saved.emit(self.last_outcome)
+            self._saved_outcome = (self.last_outcome,)
 
         self.last_outcome = None
         return self._run_io(
@@ -728,7 +734,7 @@ class AnnotationWidget(VersionsMixin, QWidget):
                 f"probseg: nothing changed since version {live.parent_version}; "
                 "no new version saved"
             )
-            self.saved.emit(None)
+            self._saved_outcome = (None,)
             return
         self.last_outcome = outcome
         painted = self._painted_while_busy
@@ -749,7 +755,7 @@ class AnnotationWidget(VersionsMixin, QWidget):
             if was_blind and len(store.raters(v.image_id)) > 1:
                 show_info("probseg: other raters' annotations of this image are now available.")
         self._update_state()
-        self.saved.emit(outcome)
+        self._saved_outcome = (outcome,)
 
     def set_autosave_interval(self, seconds: float) -> None:
         """Set the autosave interval in seconds."""
