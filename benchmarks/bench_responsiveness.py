@@ -82,6 +82,29 @@ def _instrument_draw(viewer, draws: list, state: dict) -> object:
     return lambda: setattr(canvas, "on_draw", original)
 
 
+def _instrument_handlers(widget, handlers: list) -> object:
+    """Record ``(name, ms)`` of the run panel's worker-signal handlers (GUI thread)."""
+    names = ("_on_progress", "_on_returned", "_on_finished")
+    originals = {name: getattr(widget, name) for name in names}
+
+    def timed(name, fn):
+        def call(*args):
+            t = time.perf_counter()
+            fn(*args)
+            handlers.append((name, 1000 * (time.perf_counter() - t)))
+
+        return call
+
+    for name, fn in originals.items():
+        setattr(widget, name, timed(name, fn))
+
+    def undo() -> None:
+        for name in names:
+            delattr(widget, name)
+
+    return undo
+
+
 def _measure(viewer, widget, key: str, n_samples: int, profile: bool = False) -> dict:
     import numpy as np
     from qtpy.QtCore import QElapsedTimer, QEventLoop, QTimer
@@ -97,6 +120,8 @@ def _measure(viewer, widget, key: str, n_samples: int, profile: bool = False) ->
     draws: list[tuple[str, float]] = []
     undo = _instrument_landing(steps) if profile else None
     undo_draw = _instrument_draw(viewer, draws, state) if profile else None
+    handlers: list[tuple[str, float]] = []
+    undo_handlers = _instrument_handlers(widget, handlers) if profile else None
 
     def tick() -> None:
         now = clock.nsecsElapsed() / 1e6
@@ -134,6 +159,7 @@ def _measure(viewer, widget, key: str, n_samples: int, profile: bool = False) ->
     if undo is not None:
         undo()
         undo_draw()
+        undo_handlers()
     out = {"run_s": (done["t"] or time.perf_counter()) - t0, "ok": done.get("ok", False)}
     for phase, values in gaps.items():
         # The first sampling gap is the probe's start-up; the landing gap is the whole landing.
@@ -146,6 +172,7 @@ def _measure(viewer, widget, key: str, n_samples: int, profile: bool = False) ->
         }
     out["steps"], out["stages"], out["landing_gaps"] = steps, stages, gaps["landing"]
     out["draws"] = draws
+    out["handlers"] = handlers
     return out
 
 
@@ -193,6 +220,10 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"    landing step {action:8s} {what:22s} {ms:7.1f} ms")
                 big = [f"{g:.0f}" for g in res["landing_gaps"] if g > 30]
                 print(f"    landing gaps > 30 ms, in order: {', '.join(big) or 'none'}")
+                for name in ("_on_progress", "_on_returned", "_on_finished"):
+                    ms = [d for n, d in res["handlers"] if n == name]
+                    if ms:
+                        print(f"    {name}: {len(ms)} calls, max {max(ms):.0f} ms")
                 for phase in ("sampling", "landing"):
                     ms = [d for p, d in res["draws"] if p == phase]
                     if ms:
