@@ -10,7 +10,8 @@ Run: ``python -m benchmarks responsiveness`` (re-runs itself under ``xvfb-run`` 
 ``--model=CARD.json`` uses another (2D) model, ``--n=N`` another 2D sample count, ``--n3d=N`` the
 3D sample count, ``--cases=2d`` or ``--cases=3d`` one case only; ``--quick`` runs N = 16 (2D) and
 N = 4 (3D); ``--profile`` also prints the time of each landing step (which layer was added,
-updated or replaced) and, while sampling, the engine stage during each stall above the goal.
+updated or replaced) and, while sampling, the engine stage during each stall above the goal;
+``--review`` also docks the review panel (as the product does), which renders each landed run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PROBE_MS = 10
 GOAL_MS = 100.0
 
 
-def _setup(model: str | None, ndim: int = 2) -> tuple:
+def _setup(model: str | None, ndim: int = 2, review: bool = False) -> tuple:
     import napari
 
     from napari_probseg._napari._demo import choose_model
@@ -37,6 +38,10 @@ def _setup(model: str | None, ndim: int = 2) -> tuple:
     viewer.add_image(image, name="lesions", scale=scale)
     widget = RunWidget(viewer)
     viewer.window.add_dock_widget(widget, area="right")
+    if review:  # the review panel renders each landed run (summary, regions, legend)
+        from napari_probseg._napari._review_widget import ReviewWidget
+
+        viewer.window.add_dock_widget(ReviewWidget(viewer), area="right")
     key = choose_model(ndim, model if ndim == 2 else None)
     if key not in [c.key for c in widget._models]:
         widget.add_model_card(key)
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     for case in cases:
         ndim, n_case = sizes[case]
         try:
-            viewer, widget, key = _setup(model, ndim)
+            viewer, widget, key = _setup(model, ndim, review="--review" in argv)
         except ValueError as exc:  # no bundled model yet
             print(f"responsiveness {case}: skipped ({exc})")
             continue
