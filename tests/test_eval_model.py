@@ -261,3 +261,89 @@ def test_reliability_diagram_has_one_bar_per_bin():
         [b.get_height() for b in artists["accuracy"]], np.nan_to_num(rep.result.accuracy)
     )
     fig.canvas.draw()
+
+
+@pytest.mark.parametrize(
+    ("kind", "rater", "class_index"),
+    [("majority", None, None), ("soft", None, None), ("rater", "r1", 1), ("majority", None, 0)],
+)
+def test_store_calibration_is_evaluate_stores_number(store, kind, rater, class_index):
+    """One computation per number: the panel's store calibration is ``evaluate_store``'s."""
+    from napari_probseg.evaluation import evaluate_store
+
+    rep = em.store_calibration(store, kind=kind, rater=rater, n_bins=10, class_index=class_index)
+    reference = f"rater:{rater}" if rater else kind
+    ev = evaluate_store(store, reference=reference, n_bins=10, class_index=class_index)
+    assert rep.result.ece == ev.calibration.ece and rep.result.mce == ev.calibration.mce
+    np.testing.assert_array_equal(rep.result.counts, ev.calibration.counts)
+    assert rep.adaptive_ece == ev.means["adaptive_ece"].mean
+    assert rep.n_images == len(ev.images) and rep.skipped == ev.skipped
+    assert rep.result.confidence == ("top_label" if class_index is None else "foreground")
+    assert "mean over images" in rep.text()
+
+
+def test_class_view_calibration_of_evaluate_store_is_class_vs_rest(store):
+    from napari_probseg.evaluation import evaluate_store
+
+    ev = evaluate_store(store, reference="rater:r2", n_bins=10, class_index=1)
+    expected = calibration(_probs(0)[1], RATERS["r2"], n_bins=10, confidence="foreground")
+    assert ev.calibration.ece == pytest.approx(expected.ece)
+    assert ev.settings["calibration_classes"].startswith("class 1 vs rest")
+    with pytest.raises(ValueError, match=r"^class_index"):
+        evaluate_store(store, class_index=5, image_ids=["a"])
+
+
+def test_a_run_of_another_image_is_skipped_unless_asked_for(store):
+    """``evaluate_store`` (and so every store report) lists a mismatched run as skipped."""
+    from napari_probseg.evaluation import evaluate_store
+
+    p = _probs(3)
+    store.save_prediction(
+        "c",
+        {"samples": p.argmax(0)[None].astype(np.uint8), "probs": p},
+        {"input_signature": "0" * 32},
+    )
+    ev = evaluate_store(store, n_bins=10)
+    reasons = {s["image_id"]: s["reason"] for s in ev.skipped}
+    assert "another image" in reasons["c"] and [e.image_id for e in ev.images] == ["a", "b"]
+    assert em.store_calibration(store, n_bins=10).skipped == ev.skipped
+    with pytest.raises(ValueError, match="another image"):
+        evaluate_store(store, image_ids=["c"])
+
+
+def test_panel_and_files_draw_the_same_reliability_diagram(store):
+    """The panel's canvas and ``probseg evaluate --plots`` share one drawing."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from napari_probseg.evaluation.plots import plot_reliability
+
+    rep = em.store_calibration(store, n_bins=10)
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    panel = em.draw_reliability(fig, rep)
+    file_fig = plot_reliability(rep.result)
+    heights = [b.get_height() for b in panel["accuracy"]]
+    file_bars = file_fig.axes[0].containers[0]
+    np.testing.assert_allclose(heights, [b.get_height() for b in file_bars])
+    assert fig.axes[1].get_ylabel() == file_fig.axes[1].get_ylabel() == "share of pixels"
+
+
+def test_rater_agreement_dice_comes_from_the_one_iou_matrix(monkeypatch):
+    """The annotation panel's Dice matrix is core's, computed on core.observer's IoU matrix."""
+    from napari_probseg.core import agreement as core_agreement
+    from napari_probseg.core import observer, structure
+
+    assert core_agreement.iou_matrix is observer.iou_matrix is structure.iou_matrix
+    masks = np.stack([RATERS[r] for r in RATERS])
+    iou = observer.iou_matrix(masks)
+    np.testing.assert_allclose(core_agreement.dice_matrix(masks), 2 * iou / (1 + iou))
+    calls = []
+    monkeypatch.setattr(
+        core_agreement, "iou_matrix", lambda *a, **k: calls.append(1) or observer.iou_matrix(*a)
+    )
+    result = core_agreement.agreement(RATERS)
+    assert calls and result.dice[0, 1] == pytest.approx(2 * iou[0, 1] / (1 + iou[0, 1]))
+    from napari_probseg._napari import _annotation_model
+
+    assert _annotation_model.agreement is core_agreement.agreement  # the panel's is core's

@@ -85,8 +85,8 @@ def test_sample_contours_3d_carry_their_plane():
 @pytest.mark.parametrize(
     ("source", "method", "mi_name"),
     [
-        (("parameter",), "mc_dropout", "mutual information (epistemic)"),
-        (("latent",), "ssn", "mutual information (aleatoric (rater ambiguity, eq. 42))"),
+        (("parameter",), "mc_dropout", "MI (epistemic)"),
+        (("latent",), "ssn", "MI (aleatoric, eq. 42)"),
     ],
 )
 def test_layers_names_meanings_visibility_and_scale(source, method, mi_name):
@@ -99,7 +99,7 @@ def test_layers_names_meanings_visibility_and_scale(source, method, mi_name):
     assert mi_name in names
     assert "predictive entropy" in names
     ee = "remainder" if source == ("latent",) else "aleatoric"
-    assert any(n.startswith(f"expected entropy ({ee}") for n in names)
+    assert f"EE ({ee}, eq. 42)" in names if source == ("latent",) else f"EE ({ee})" in names
     assert "hypotheses (N=8)" in names
     assert "most uncertain 5% (predictive entropy)" in names
     # Distinct hypotheses: 6 of 8 samples at one position, 2 at the other.
@@ -206,3 +206,40 @@ def test_summary_rows_render_the_one_summary():
     assert verdict_text(summary).startswith(summary["verdict"]["sentence"])
     assert "§7.1" in verdict_text(summary)
     assert format_value(None) == "—" and format_value(math.nan) == "NaN"
+
+
+@pytest.mark.parametrize(
+    ("term", "source", "short", "nested"),
+    [
+        ("mutual_information", "parameter", "MI (epistemic)", "MI, epistemic"),
+        ("expected_entropy", "input", "EE (aleatoric)", "EE, aleatoric"),
+        ("mutual_information", "latent", "MI (aleatoric, eq. 42)", "MI, aleatoric, eq. 42"),
+        ("expected_entropy", "latent", "EE (remainder, eq. 42)", "EE, remainder, eq. 42"),
+        (
+            "mutual_information",
+            ("input", "latent"),
+            "MI (epistemic + aleatoric, eq. 42)",
+            "MI, epistemic + aleatoric, eq. 42",
+        ),
+        ("predictive_entropy", "latent", "predictive entropy", "predictive entropy"),
+        ("mutual_information", "none", "MI", "MI"),
+    ],
+)
+def test_short_term_labels_keep_the_meaning_word_and_eq_42(term, source, short, nested):
+    from napari_probseg._napari._layers import layer_tooltip, short_term_label
+    from napari_probseg.core.uncertainty import term_meanings
+
+    assert short_term_label(term, source) == short
+    assert short_term_label(term, source, nested=True) == nested
+    meaning = term_meanings(source).get(term)
+    if meaning:  # the tooltip carries what the short name leaves out
+        tip = layer_tooltip({"what": term, "image": "scan", "meaning": meaning})
+        assert tip.startswith("image scan") and meaning.replace("/", "∕") in tip
+
+
+def test_layer_names_fit_the_layer_list():
+    """Every layer name of a latent (eq. 42) run is short enough for napari's layer list."""
+    _, result = make_result(source=("latent",), method="ssn")
+    names = [kw["name"] for _, kw, _ in prediction_layers(result, Placement("img", (1.0, 1.0)))]
+    long = [n for n in names if len(n) > 34]
+    assert long == [] or long == ["most uncertain 5% (predictive entropy)"], long

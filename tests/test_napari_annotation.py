@@ -25,6 +25,24 @@ def _notes(kind: str = "ERROR") -> list[str]:
     return [str(n.message) for n in notification_manager.records if n.severity.name == kind]
 
 
+def _finish(qtbot, panel, worker):
+    """Wait for the panel's store worker (save, agreement, loading) to end."""
+    assert worker is not None
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
+
+
+def _save(qtbot, panel, note=None):
+    """Save in the panel's worker and return the ``SaveOutcome`` (None: nothing changed)."""
+    _finish(qtbot, panel, panel.save(note))
+    return panel.last_outcome
+
+
+def _show(qtbot, panel):
+    """Names of the layers "Show raters' latest" added."""
+    _finish(qtbot, panel, panel.show_raters())
+    return [lay.name for lay in panel.last_loaded]
+
+
 def _tree(root) -> dict[str, tuple[int, int]]:
     out = {}
     for dirpath, _dirs, files in os.walk(root):
@@ -44,7 +62,7 @@ def _store_with(tmp_path, masks: dict[str, np.ndarray], *, shape=(8, 8), scale=(
     return store
 
 
-def test_create_store_add_image_and_save_two_versions(make_napari_viewer, tmp_path):
+def test_create_store_add_image_and_save_two_versions(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     image = np.random.default_rng(0).normal(size=(4, 16, 20)).astype(np.float32)
     viewer.add_image(image, name="case 1 · T1", scale=(2.0, 0.5, 0.5))
@@ -66,7 +84,7 @@ def test_create_store_add_image_and_save_two_versions(make_napari_viewer, tmp_pa
     layer.fill((2, 0, 0), 2)  # flood-fills plane 2's background with label 2
     assert panel.session.tools == ["brush", "fill"] and panel.session.dirty
     assert panel.tools_label.text() == "brush, fill"
-    out = panel.save(note="first pass")
+    out = _save(qtbot, panel, note="first pass")
     assert out is not None and out.committed
     v1 = out.version
     assert (v1.version, v1.rater, v1.role, v1.note) == (1, "alice", "resident", "first pass")
@@ -78,7 +96,7 @@ def test_create_store_add_image_and_save_two_versions(make_napari_viewer, tmp_pa
 
     layer.mode = "erase"
     layer.paint((1, 8, 10), 0)
-    v2 = panel.save().version
+    v2 = _save(qtbot, panel).version
     assert v2.version == 2 and v2.based_on == 1 and not v2.conflict
     assert v2.tools == ("brush", "fill", "eraser")
     assert [v.version for v in store.history("case_1_T1", "alice")] == [1, 2]
@@ -88,7 +106,8 @@ def test_create_store_add_image_and_save_two_versions(make_napari_viewer, tmp_pa
     assert top.child(0).text(3) == "brush, fill" and top.child(0).text(2) == "resident"
     # any version loads back as a layer with the image's scale
     panel.tree.setCurrentItem(top.child(0))
-    old = panel.load_selected()
+    _finish(qtbot, panel, panel.load_selected())
+    (old,) = panel.last_loaded
     assert old.name == "case_1_T1 · alice v1" and tuple(old.scale) == (2.0, 0.5, 0.5)
     np.testing.assert_array_equal(old.data, store.read_version("case_1_T1", "alice", 1)[0])
 
@@ -111,7 +130,7 @@ def _land_run(viewer):
     return image, result
 
 
-def test_accepted_hypothesis_records_its_source_run(make_napari_viewer, tmp_path):
+def test_accepted_hypothesis_records_its_source_run(make_napari_viewer, qtbot, tmp_path):
     from napari_probseg._napari._review_widget import ReviewWidget
 
     viewer = make_napari_viewer()
@@ -128,7 +147,7 @@ def test_accepted_hypothesis_records_its_source_run(make_napari_viewer, tmp_path
     assert layer is hyp  # the review panel's layer is edited in place
     layer.mode = "paint"
     layer.paint((5, 5), 1)
-    v = panel.save().version
+    v = _save(qtbot, panel).version
     assert v.tools == ("accepted_hypothesis", "brush")
     assert v.source_sample == 6
     assert v.source_run == "mc_dropout-seed0"  # derived from the run's provenance
@@ -136,7 +155,7 @@ def test_accepted_hypothesis_records_its_source_run(make_napari_viewer, tmp_path
     assert v.extra["input_signature"] == result.input_signature
 
 
-def test_blind_mode_hides_other_raters_until_own_save(make_napari_viewer, tmp_path):
+def test_blind_mode_hides_other_raters_until_own_save(make_napari_viewer, qtbot, tmp_path):
     a = np.zeros((8, 8), np.uint8)
     a[2:6, 2:6] = 1
     store = _store_with(tmp_path, {"alice": a})
@@ -145,11 +164,11 @@ def test_blind_mode_hides_other_raters_until_own_save(make_napari_viewer, tmp_pa
     panel.blind_check.setChecked(False)
     panel.open_store(store.path)
     panel.set_rater("bob", "trainee")
-    assert [lay.name for lay in panel.show_raters()] == ["img · alice"]
+    assert _show(qtbot, panel) == ["img · alice"]
     panel.blind_check.setChecked(True)  # blind: alice's layer leaves the viewer
     assert "img · alice" not in [lay.name for lay in viewer.layers]
     assert panel.tree.topLevelItemCount() == 0
-    assert panel.show_raters() == []
+    assert _show(qtbot, panel) == []
     before = len(_notes())
     assert panel.load_version("alice") is None
     assert panel.start_editing("consensus") is None
@@ -161,8 +180,8 @@ def test_blind_mode_hides_other_raters_until_own_save(make_napari_viewer, tmp_pa
     layer = panel.start_editing("empty")
     layer.mode = "paint"
     layer.paint((3, 3), 1)
-    assert panel.save().version.version == 1
-    names = [lay.name for lay in panel.show_raters()]
+    assert _save(qtbot, panel).version.version == 1
+    names = _show(qtbot, panel)
     assert names == ["img · alice", "img · bob"]
     np.testing.assert_array_equal(viewer.layers["img · alice"].data, a)
     assert panel.tree.topLevelItemCount() == 2
@@ -178,7 +197,9 @@ def test_autosave_writes_a_draft_recovered_on_reopen(make_napari_viewer, qtbot, 
     layer = panel.start_editing("empty")
     layer.mode = "paint"
     layer.paint((4, 4), 1)
-    qtbot.waitUntil(lambda: "dora" in store.draft_raters("img"), timeout=10_000)
+    # The tick writes the draft in a worker; its end is handled on the GUI thread.
+    qtbot.waitUntil(lambda: panel.policy.drafts_written >= 1 and not panel.busy, timeout=10_000)
+    assert "dora" in store.draft_raters("img")
     assert panel.policy.drafts_written >= 1 and not panel.session.dirty
     np.testing.assert_array_equal(store.load_draft("img", "dora")[0], layer.data)
     expected = np.array(layer.data)
@@ -195,7 +216,7 @@ def test_autosave_writes_a_draft_recovered_on_reopen(make_napari_viewer, qtbot, 
     recovered = panel2.recover_draft()
     np.testing.assert_array_equal(recovered.data, expected)
     assert panel2.session.origin == "draft" and panel2.session.tools == ["brush"]
-    v = panel2.save().version
+    v = _save(qtbot, panel2).version
     assert v.version == 1 and v.tools == ("brush",) and v.extra["recovered_draft"]
     assert store.draft_raters("img") == []  # the commit retires the draft
 
@@ -205,6 +226,7 @@ def test_hostile_rater_id_is_a_notification_and_writes_nothing(make_napari_viewe
     viewer = make_napari_viewer()
     panel = AnnotationWidget(viewer)
     panel.open_store(store.path)
+    assert panel.wait()  # the image is read in a worker
     snapshot = _tree(store.path)
     before = len(_notes())
     for hostile in ("../../etc/passwd", "alice/../../x", ".hidden", "CON", "a b", ""):
@@ -219,7 +241,7 @@ def test_hostile_rater_id_is_a_notification_and_writes_nothing(make_napari_viewe
     assert not (tmp_path / "etc").exists()
 
 
-def test_failed_save_keeps_the_layer_and_the_work(make_napari_viewer, tmp_path):
+def test_failed_save_keeps_the_layer_and_the_work(make_napari_viewer, qtbot, tmp_path):
     store = _store_with(tmp_path, {"erin": np.zeros((8, 8), np.uint8)})
     viewer = make_napari_viewer()
     panel = AnnotationWidget(viewer, recovery_dir=tmp_path / "rescue")
@@ -231,7 +253,7 @@ def test_failed_save_keeps_the_layer_and_the_work(make_napari_viewer, tmp_path):
     # the rater's history is damaged meanwhile (by another tool): commit and draft both fail
     (store.path / "images" / "img" / "annotations" / "erin" / "zarr.json").write_text("{")
     before = len(_notes())
-    out = panel.save()
+    out = _save(qtbot, panel)
     assert out is not None and not out.committed
     errors = _notes()[before:]
     assert len(errors) == 1 and "saving failed" in errors[0] and "rescue" in errors[0]
@@ -239,7 +261,7 @@ def test_failed_save_keeps_the_layer_and_the_work(make_napari_viewer, tmp_path):
     np.testing.assert_array_equal(np.load(out.recovery_path), layer.data)
 
 
-def test_agreement_panel_known_dice_matrix(make_napari_viewer, tmp_path):
+def test_agreement_panel_known_dice_matrix(make_napari_viewer, qtbot, tmp_path):
     a = np.zeros((8, 8), np.uint8)
     a[0, 0:4] = 1
     b = np.zeros((8, 8), np.uint8)
@@ -252,7 +274,8 @@ def test_agreement_panel_known_dice_matrix(make_napari_viewer, tmp_path):
     panel.blind_check.setChecked(False)
     panel.open_store(store.path)
     panel.set_rater("a", "expert")
-    result = panel.compute_agreement()
+    _finish(qtbot, panel, panel.compute_agreement())
+    result = panel.last_agreement
     table = [[panel.dice_table.item(i, j).text() for j in range(3)] for i in range(3)]
     assert table == [
         ["1.000", "0.500", "0.000"],
@@ -307,7 +330,7 @@ def test_reader_and_panel_report_a_newer_store(make_napari_viewer, tmp_path):
     assert len(viewer.layers) == 0
 
 
-def test_damaged_annotation_is_skipped_with_a_notification(make_napari_viewer, tmp_path):
+def test_damaged_annotation_is_skipped_with_a_notification(make_napari_viewer, qtbot, tmp_path):
     a = np.zeros((8, 8), np.uint8)
     a[1:4, 1:4] = 1
     store = _store_with(tmp_path, {"alice": a, "bob": a})
@@ -324,8 +347,11 @@ def test_damaged_annotation_is_skipped_with_a_notification(make_napari_viewer, t
     panel.open_store(store.path)
     panel.set_rater("alice")
     before = len(_notes())
-    assert panel.load_version("bob") is None
-    assert panel.compute_agreement() is None
+    _finish(qtbot, panel, panel.load_version("bob"))
+    assert panel.last_loaded == []
+    _finish(qtbot, panel, panel.compute_agreement())
+    assert panel.last_agreement is None
+    assert "img · majority vote" not in [lay.name for lay in viewer.layers]
     errors = _notes()[before:]
     assert len(errors) == 2 and all("the store is damaged" in e for e in errors)
 
@@ -368,12 +394,15 @@ def test_store_images_stay_in_the_run_panel_and_the_label_counts_them(make_napar
     store2 = ProjectStore.create(tmp_path / "q.zarr")
     store2.add_image(np.ones((6, 6), np.float32), image_id="other", scale=(1.0, 1.0))
     opened.open_store(tmp_path / "q.zarr")
+    assert "other" not in viewer.layers  # its voxels are read in a worker...
+    assert opened.image_id == "other" and opened.wait()  # ...and arrive as a layer
+    assert viewer.layers["other"].metadata["probseg"]["image_id"] == "other"
     items = [run.image_combo.itemText(i) for i in range(run.image_combo.count())]
     assert "other" in items
 
 
 def test_blind_second_rater_never_sees_a_mask_made_with_use_as_annotation(
-    make_napari_viewer, tmp_path
+    make_napari_viewer, qtbot, tmp_path
 ):
     from napari_probseg._napari._review_widget import ReviewWidget
 
@@ -389,7 +418,7 @@ def test_blind_second_rater_never_sees_a_mask_made_with_use_as_annotation(
     assert hyp.metadata["probseg"]["image_id"] == "img"
     panel.start_editing("hypothesis")
     hyp.paint((5, 5), 1)
-    assert panel.save().committed
+    assert _save(qtbot, panel).committed
     panel.set_rater("bob", "expert")  # blind by default
     assert hyp not in viewer.layers or not hyp.visible
     visible_masks = [
@@ -399,7 +428,7 @@ def test_blind_second_rater_never_sees_a_mask_made_with_use_as_annotation(
     assert visible_masks == []
 
 
-def test_saving_without_changes_adds_no_version(make_napari_viewer, tmp_path):
+def test_saving_without_changes_adds_no_version(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     mask = np.zeros((8, 8), np.uint8)
     mask[2:5, 2:5] = 1
@@ -408,12 +437,12 @@ def test_saving_without_changes_adds_no_version(make_napari_viewer, tmp_path):
     panel.open_store(tmp_path / "p.zarr")
     panel.set_rater("alice", "expert")
     layer = panel.start_editing("version")
-    assert panel.save() is None
+    assert _save(qtbot, panel) is None
     assert len(panel.store.history("img", "alice")) == 1
     assert any("nothing changed" in n for n in _notes("INFO"))
     layer.paint((6, 6), 1)
-    assert panel.save().version.version == 2
-    assert panel.save() is None  # saved: unchanged again
+    assert _save(qtbot, panel).version.version == 2
+    assert _save(qtbot, panel) is None  # saved: unchanged again
     assert len(panel.store.history("img", "alice")) == 2
 
 
@@ -431,6 +460,7 @@ def test_switching_image_mid_edit_leaves_paint_mode_and_keeps_a_draft(make_napar
     panel.select_image("img2")
     assert layer.mode == "pan_zoom"
     assert viewer.layers.selection.active is not layer
+    assert panel.wait() and viewer.layers.selection.active is viewer.layers["img2"]
     assert "alice" in panel.store.draft_raters("img")
     assert any("stopped editing" in n and "draft" in n for n in _notes("WARNING"))
 
@@ -472,4 +502,115 @@ def test_a_run_saved_from_the_run_panel_is_the_source_run_of_an_annotation(
     hyp = ReviewWidget(viewer).use_as_annotation(("sample", 2))
     panel.start_editing("hypothesis", hyp)
     hyp.paint((4, 4), 1)
-    assert panel.save().version.source_run == run_id
+    assert _save(qtbot, panel).version.source_run == run_id
+
+
+def test_save_runs_in_a_worker_with_the_panel_disabled(make_napari_viewer, qtbot, tmp_path):
+    store = _store_with(tmp_path, {})
+    viewer = make_napari_viewer()
+    panel = AnnotationWidget(viewer)
+    panel.open_store(store.path)
+    panel.set_rater("alice", "expert")
+    layer = panel.start_editing("empty")
+    layer.paint((3, 3), 1)
+    outcomes = []
+    panel.saved.connect(outcomes.append)
+    worker = panel.save(note="in a worker")
+    # Started, not done: the GUI thread has not yet seen the worker's end.
+    assert worker is not None and panel.busy
+    assert panel.save_button.text() == "Saving…"
+    assert not panel.start_button.isEnabled() and not panel.open_button.isEnabled()
+    assert panel.save() is None  # a second save while the first runs is refused
+    assert any("still saving" in n for n in _notes("WARNING"))
+    _finish(qtbot, panel, worker)
+    assert panel.save_button.text() == "Save version" and panel.open_button.isEnabled()
+    assert len(outcomes) == 1 and outcomes[0].committed
+    assert not panel.session.dirty and panel.session.parent_version == 1
+    # What is on disk, read by a fresh handle: the version with its note and labels.
+    mask, version = ProjectStore.open(store.path).latest("img", "alice")
+    assert version.version == 1 and version.note == "in a worker"
+    np.testing.assert_array_equal(mask, layer.data)
+    assert any("saved 'img' as alice version 1" in n for n in _notes("INFO"))
+
+
+def test_painting_during_a_save_stays_unsaved(make_napari_viewer, qtbot, tmp_path):
+    store = _store_with(tmp_path, {})
+    viewer = make_napari_viewer()
+    panel = AnnotationWidget(viewer)
+    panel.open_store(store.path)
+    panel.set_rater("alice", "expert")
+    layer = panel.start_editing("empty")
+    layer.paint((3, 3), 1)
+    worker = panel.save()
+    layer.paint((6, 6), 1)  # while the worker commits the copy made at "Save"
+    _finish(qtbot, panel, worker)
+    mask, _ = store.latest("img", "alice")
+    assert mask[3, 3] == 1 and mask[6, 6] == 0
+    assert panel.session.dirty  # the later stroke is not lost: it is still to be saved
+    assert _save(qtbot, panel).version.version == 2
+    assert store.latest("img", "alice")[0][6, 6] == 1
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), RuntimeError("zarr exploded")])
+def test_a_failing_save_notifies_and_keeps_the_draft(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch, error
+):
+    store = _store_with(tmp_path, {})
+    viewer = make_napari_viewer()
+    panel = AnnotationWidget(viewer, recovery_dir=tmp_path / "rescue")
+    panel.open_store(store.path)
+    panel.set_rater("erin", "expert")
+    layer = panel.start_editing("empty")
+    layer.paint((2, 2), 1)
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(panel.store, "save_annotation", broken)
+    before = len(_notes())
+    outcome = _save(qtbot, panel)
+    errors = _notes()[before:]
+    assert len(errors) == 1 and "sav" in errors[0] and str(error) in errors[0]
+    assert outcome is not None and not outcome.committed
+    # Nothing lost: the layer stays edited, and the work is the rater's draft on disk.
+    assert layer in viewer.layers and panel.edit_layer is layer
+    assert store.history("img", "erin") == []
+    found = ProjectStore.open(store.path).load_draft("img", "erin")
+    assert found is not None
+    np.testing.assert_array_equal(found[0], layer.data)
+    assert panel.open_button.isEnabled() and panel.save_button.text() == "Save version"
+
+
+def test_agreement_and_raters_are_read_in_a_worker(make_napari_viewer, qtbot, tmp_path):
+    a = np.zeros((8, 8), np.uint8)
+    a[1:5, 1:5] = 1
+    store = _store_with(tmp_path, {"a": a, "b": a.copy()})
+    viewer = make_napari_viewer()
+    panel = AnnotationWidget(viewer)
+    panel.blind_check.setChecked(False)
+    panel.open_store(store.path)
+    panel.set_rater("a", "expert")
+    worker = panel.compute_agreement()
+    assert panel.busy and panel.agree_button.text() == "Computing…"
+    assert "img · majority vote" not in [lay.name for lay in viewer.layers]
+    _finish(qtbot, panel, worker)
+    assert panel.last_agreement.dice[0, 1] == pytest.approx(1.0)
+    np.testing.assert_array_equal(viewer.layers["img · majority vote"].data, a)
+    assert _show(qtbot, panel) == ["img · a", "img · b"]
+
+
+def test_store_image_is_read_in_a_worker_and_lands_under_the_edit(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    store = _store_with(tmp_path, {})
+    panel = AnnotationWidget(viewer)
+    panel.open_store(store.path)
+    assert panel.busy and panel.open_button.isEnabled()  # a quiet read: the panel stays usable
+    assert "img" not in viewer.layers
+    panel.set_rater("alice", "expert")
+    edit = panel.start_editing("empty")  # before the voxels arrived: only the shape is needed
+    assert edit is not None and edit.data.shape == (8, 8)
+    assert panel.wait()
+    image = viewer.layers["img"]
+    assert viewer.layers.index(image) < viewer.layers.index(edit)  # never over the painted layer
+    assert viewer.layers.selection.active is edit and edit.mode == "paint"
+    np.testing.assert_array_equal(image.data, store.read_image("img")[0])

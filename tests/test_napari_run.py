@@ -73,8 +73,8 @@ def test_run_2d_mc_dropout_lands_named_layers(make_napari_viewer, qtbot, cards):
     assert widget.last_error is None, widget.last_error
     names = _run_names(viewer)
     assert "hypotheses (N=3)" in names
-    assert "mutual information (epistemic)" in names
-    assert "expected entropy (aleatoric)" in names
+    assert "MI (epistemic)" in names
+    assert "EE (aleatoric)" in names
     assert "predictive entropy" in names
     visible = {layer.name for layer in viewer.layers if layer.visible}
     assert visible == {
@@ -107,10 +107,16 @@ def test_run_ssn_names_mutual_information_aleatoric(make_napari_viewer, qtbot, c
     _run(qtbot, widget, image="img", method="ssn", n_samples=2, device="cpu")
     assert widget.last_error is None, widget.last_error
     names = _run_names(viewer)
-    assert "mutual information (aleatoric (rater ambiguity, eq. 42))" in names
-    # review eq. 42: for a latent model MI is aleatoric, the expected entropy the remainder
-    assert "expected entropy (remainder (epistemic/positional, eq. 42))" in names
-    assert not any(n.startswith("mutual information (epistemic") for n in names)
+    # review eq. 42: for a latent model MI is aleatoric, the expected entropy the remainder;
+    # short names, the full meaning in the metadata and the tooltip
+    assert "MI (aleatoric, eq. 42)" in names and "EE (remainder, eq. 42)" in names
+    assert not any(n.startswith("MI (epistemic") for n in names)
+    record = get_session(viewer).current
+    mi = show_layer(viewer, record, "mutual_information")
+    assert mi.name == "MI (aleatoric, eq. 42)"
+    assert mi.metadata["probseg"]["meaning"] == "aleatoric (rater ambiguity, eq. 42)"
+    assert "mutual information: aleatoric (rater ambiguity, eq. 42)" in mi.source.path
+    assert "image img" in mi.source.path
 
 
 def test_run_3d_lands_points_and_per_plane_contours(make_napari_viewer, qtbot, cards):
@@ -300,3 +306,47 @@ def test_rerun_updates_layers_in_place_and_hidden_layers_are_created_when_shown(
     assert second.layers["predictive_entropy"] is entropy  # shown before: updated, still shown
     np.testing.assert_array_equal(entropy.data, second.result.maps.predictive_entropy)
     assert len([lay for lay in viewer.layers if lay.name.startswith("hypotheses")]) == 1
+    contours = first.layers.get("contours")
+    if contours is not None and "contours" in second.layers:
+        from napari_probseg._napari._layers import sample_contours
+
+        assert second.layers["contours"] is contours and contours.name == "plausible contours (N=3)"
+        paths, owner = sample_contours(np.asarray(second.result.samples))
+        assert len(contours.data) == len(paths)
+        for got, want in zip(contours.data, paths):
+            np.testing.assert_allclose(got, want)
+        np.testing.assert_array_equal(contours.features["sample"], owner)
+
+
+def test_contours_take_the_worker_built_shapes_without_a_new_layer(make_napari_viewer):
+    """The re-run path that keeps the GUI thread free: the Shapes layer already in the viewer
+    takes over the shapes (meshes included) built in the worker."""
+    from napari.layers import Shapes
+
+    from napari_probseg._napari._session import _swap_shapes
+
+    viewer = make_napari_viewer()
+    square = np.array([[0, 0], [0, 5], [5, 5], [5, 0], [0, 0]], np.float32)
+    old = viewer.add_shapes([square], shape_type="path", features={"sample": [0]})
+    paths = [square + 10, square * 2, square + np.float32([3, 7])]
+    new = Shapes(
+        paths,
+        shape_type="path",
+        edge_color=[(1.0, 0.0, 0.0, 1.0)] * 3,
+        edge_width=0.7,
+        features={"sample": [0, 1, 2]},
+    )
+    assert _swap_shapes(old, new)
+    assert old in viewer.layers and old.nshapes == 3
+    for got, want in zip(old.data, paths):
+        np.testing.assert_allclose(got, want)
+    np.testing.assert_array_equal(old.features["sample"], [0, 1, 2])
+    np.testing.assert_allclose(old.edge_color, [(1.0, 0.0, 0.0, 1.0)] * 3)
+    np.testing.assert_allclose(old.edge_width, [0.7] * 3)
+    assert old.shape_type == ["path"] * 3
+    np.testing.assert_array_equal(old.thumbnail, new.thumbnail)  # drawn in the worker
+    np.testing.assert_allclose(old.extent.data[1], [15, 15])  # the new extent
+    old.selected_data = {2}  # the layer still works: select, remove
+    old.remove_selected()
+    assert old.nshapes == 2
+    assert viewer.screenshot(canvas_only=True).size > 0  # and draws

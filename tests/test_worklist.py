@@ -90,10 +90,14 @@ def test_worklist_rank_annotate_retrain_rerank(make_napari_viewer, qtbot, tmp_pa
     assert panel.edit_layer is not None
     panel.edit_layer.data = data.raters[int(expected[-1]), 1].astype(np.uint8)
     panel.session.dirty = True
-    second = widget.save_and_next()
+    assert widget.save_and_next() is not None  # the save runs in the panel's worker
+    qtbot.waitUntil(lambda: panel.worker is None and widget.current != expected, timeout=60_000)
+    second = widget.current
     assert store.raters(expected) == ["alice"]
     assert second is not None and second not in (expected, "img3")
     assert widget.annotation.image_id == second
+    assert panel.wait() and second in viewer.layers  # the next image's voxels arrived too
+    assert panel.edit_layer is not None and panel.edit_layer.mode == "paint"
     assert widget.table.item([r.image_id for r in widget.rows].index(expected), 3).text() == "yes"
 
     widget.epochs_spin.setValue(1)
@@ -107,3 +111,64 @@ def test_worklist_rank_annotate_retrain_rerank(make_napari_viewer, qtbot, tmp_pa
     _wait(qtbot, widget)
     assert widget.record["config"]["card_sha256"] != first_sha
     assert len(store.ranking_ids()) == 2
+
+
+_RETRAIN_SCRIPT = r"""
+import sys, time
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+from model_helpers import tiny_card
+from napari_probseg._napari._worklist_widget import WorklistWidget
+from napari_probseg.data.synthetic import make_lesions
+from napari_probseg.store import ProjectStore
+
+root = sys.argv[1]
+store = ProjectStore.create(root + "/p.zarr", class_names=["background", "lesion"])
+data = make_lesions(2, shape=(32, 32), seed=3)
+for i, image in enumerate(data.images):
+    store.add_image(image, image_id=f"img{i}")
+    store.save_annotation(f"img{i}", "bob", data.raters[i, 0], role="expert")
+card = tiny_card(root + "/model", dropout=0.5)
+viewer = napari.Viewer(show=True)  # the viewer (and its OpenGL) exists before any training
+widget = WorklistWidget(viewer)
+viewer.window.add_dock_widget(widget)
+widget.open_store(root + "/p.zarr")
+widget.model_edit.setText(card)
+widget.epochs_spin.setValue(1)
+widget.out_edit.setText(root + "/ft.json")
+QApplication.processEvents()
+assert "torch._dynamo" not in sys.modules, "imported too early for this test to mean anything"
+assert widget.retrain() is not None
+assert "torch._dynamo" in sys.modules, "retrain must import torch._dynamo before its thread"
+start = time.time()
+while widget.worker is not None and time.time() - start < 200:
+    QApplication.processEvents()
+    time.sleep(0.01)
+print("CARD", widget.last_card, flush=True)
+viewer.close()
+"""
+
+
+def test_retrain_in_a_fresh_viewer_process_imports_dynamo_first_and_survives(tmp_path):
+    """The product, not the test, imports torch._dynamo before the training thread starts
+    (without it, retraining under Xvfb/llvmpipe could segfault): a fresh process with a shown
+    viewer retrains from the worklist and exits cleanly."""
+    import os
+    import shutil
+    import subprocess
+
+    script = tmp_path / "retrain.py"
+    script.write_text(_RETRAIN_SCRIPT)
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)])}
+    cmd = [sys.executable, str(script), str(tmp_path)]
+    if not os.environ.get("DISPLAY"):
+        xvfb = shutil.which("xvfb-run")
+        if xvfb is None:
+            pytest.skip("no display and no xvfb-run")
+        cmd = [xvfb, "-a", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"CARD {tmp_path / 'ft.json'}" in proc.stdout
+    assert (tmp_path / "ft.json").is_file()

@@ -9,21 +9,20 @@ keeps the layer and writes a draft (or a recovery file when the store cannot be 
 
 from __future__ import annotations
 
-import functools
+import copy
 import html
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -31,9 +30,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QTableWidget,
-    QTableWidgetItem,
     QTreeWidget,
-    QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -42,67 +39,30 @@ from napari_probseg._napari._annotation_model import (
     AutosavePolicy,
     EditSession,
     SaveOutcome,
-    agreement,
     blind_action,
     can_see_others,
-    describe_version,
     edit_start,
     is_hypothesis_layer_metadata,
     is_unchanged,
-    latest_masks,
     sanitize_identifier,
     save_or_keep,
-    visible_raters,
 )
+from napari_probseg._napari._annotation_versions import VersionsMixin
 from napari_probseg._napari._layers import SEP, is_source_image
 from napari_probseg._napari._scroll import scroll_layout
 from napari_probseg._napari._session import get_session
+from napari_probseg._napari._store_forms import RaterRow, StoreRow, notify_errors, start_io
 from napari_probseg._napari._store_reader import (
-    agreement_layer_data,
     image_layer_data,
-    rater_layer_data,
 )
-from napari_probseg.store import (
-    ROLES,
-    InvalidIdentifierError,
-    ProjectStore,
-    StoreCorruptionError,
-    StoreError,
-    StoreVersionError,
-    validate_identifier,
-)
+from napari_probseg.store import ROLES, ProjectStore, StoreError, validate_identifier
 
-T = TypeVar("T")
 _TREE_COLUMNS = ("rater / version", "time (UTC)", "role", "tools", "source", "note")
+#: Longest wait (ms) for a running save when the panel closes (then a draft is written).
+_CLOSE_WAIT_MS = 10_000
 
 
-def _notify_errors(action: str) -> Callable[[Callable[..., T]], Callable[..., T | None]]:
-    """Turn store, file-system and argument errors of a panel action into error notifications."""
-
-    def wrap(fn: Callable[..., T]) -> Callable[..., T | None]:
-        @functools.wraps(fn)
-        def inner(self: Any, *args: Any, **kwargs: Any) -> T | None:
-            try:
-                return fn(self, *args, **kwargs)
-            except InvalidIdentifierError as exc:
-                show_error(f"probseg: {exc}")
-            except StoreVersionError as exc:
-                show_error(f"probseg: {exc}")
-            except StoreCorruptionError as exc:
-                show_error(
-                    f"probseg: {action}: the store is damaged ({exc}); "
-                    "run `probseg store verify` on it"
-                )
-            except (StoreError, OSError, ValueError) as exc:
-                show_error(f"probseg: {action} failed: {exc}")
-            return None
-
-        return inner
-
-    return wrap
-
-
-class AnnotationWidget(QWidget):
+class AnnotationWidget(VersionsMixin, QWidget):
     """Dock widget to annotate images of a multi-rater project store.
 
     Parameters
@@ -111,7 +71,16 @@ class AnnotationWidget(QWidget):
         The viewer (injected by napari).
     recovery_dir : path, optional
         Where a mask goes if neither a version nor a draft can be written to the store.
+
+    Saving, autosaving, the agreement and loading raters' versions read and write the store in a
+    napari thread worker (:attr:`worker`); meanwhile the panel's controls are disabled and the
+    button says what runs ("Saving…"). Painting on the edited layer goes on; what is painted
+    during a save stays unsaved (and is autosaved).
     """
+
+    #: Emitted on the GUI thread once a save's worker ended, with its ``SaveOutcome`` (None:
+    #: nothing changed); the panel is usable again, so a listener may open the next image.
+    saved = Signal(object)
 
     def __init__(self, napari_viewer: Any, *, recovery_dir: str | Path | None = None) -> None:
         super().__init__()
@@ -125,8 +94,15 @@ class AnnotationWidget(QWidget):
         self.recovery_dir = recovery_dir
         self.last_outcome: SaveOutcome | None = None
         self.last_agreement: Any = None
+        self.last_loaded: list[Any] = []
         self.draft_available = False
         self.policy = AutosavePolicy()
+        #: The running store worker (save, autosave, agreement, loading versions), or None.
+        self.worker: Any = None
+        self._busy: tuple[Any, str] | None = None
+        self._painted_while_busy = False
+        self._quiet = False
+        self._saved_outcome: tuple[SaveOutcome | None] | None = None
         self.timer = QTimer(self)
         self.timer.setInterval(self.policy.interval_ms)
         self.timer.timeout.connect(self.autosave)
@@ -141,10 +117,14 @@ class AnnotationWidget(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("project.zarr (opened, or created if new)")
-        self.browse_button = QPushButton("Browse…")
-        self.open_button = QPushButton("Open / create")
+        self.store_row = StoreRow(
+            self.open_store,
+            button_text="Open / create",
+            placeholder="project.zarr (opened, or created if new)",
+        )
+        self.path_edit = self.store_row.path_edit
+        self.browse_button = self.store_row.browse_button
+        self.open_button = self.store_row.open_button
         self.store_label = QLabel("No store open.")
         self.store_label.setWordWrap(True)
         self.image_combo = QComboBox()
@@ -152,11 +132,9 @@ class AnnotationWidget(QWidget):
         self.id_edit = QLineEdit()
         self.id_edit.setPlaceholderText("image id (default: the layer name)")
         self.add_button = QPushButton("Add current image layer")
-        self.rater_combo = QComboBox()
-        self.rater_combo.setEditable(True)
-        self.rater_combo.setToolTip("Your rater id (letters, digits, '.', '_', '-')")
-        self.role_combo = QComboBox()
-        self.role_combo.addItems(list(ROLES))
+        self.rater_row = RaterRow()
+        self.rater_combo = self.rater_row.rater_combo
+        self.role_combo = self.rater_row.role_combo
         self.blind_check = QCheckBox("blind: hide other raters until I have saved")
         self.blind_check.setChecked(True)
         self.rater_button = QPushButton("Sign in")
@@ -190,11 +168,7 @@ class AnnotationWidget(QWidget):
 
         store_box = QGroupBox("Project store")
         sl = QVBoxLayout(store_box)
-        row = QHBoxLayout()
-        row.addWidget(self.path_edit, 1)
-        row.addWidget(self.browse_button)
-        sl.addLayout(row)
-        sl.addWidget(self.open_button)
+        sl.addWidget(self.store_row)
         sl.addWidget(self.store_label)
         image_box = QGroupBox("Image")
         il = QFormLayout(image_box)
@@ -235,18 +209,17 @@ class AnnotationWidget(QWidget):
         al.addWidget(self.dice_table)
         al.addWidget(self.agree_label)
         layout = scroll_layout(self)
-        for box in (store_box, image_box, rater_box, edit_box, versions_box, agree_box):
+        self._boxes = (store_box, image_box, rater_box, edit_box, versions_box, agree_box)
+        for box in self._boxes:
             layout.addWidget(box)
         layout.addStretch(1)
 
-        self.browse_button.clicked.connect(self._browse)
-        self.open_button.clicked.connect(lambda: self.open_store(self.path_edit.text()))
         self.image_combo.activated.connect(
             lambda _: self.select_image(self.image_combo.currentText())
         )
         self.add_button.clicked.connect(lambda: self.add_image_layer())
         self.rater_button.clicked.connect(
-            lambda: self.set_rater(self.rater_combo.currentText(), self.role_combo.currentText())
+            lambda: self.set_rater(self.rater_row.rater, self.rater_row.role)
         )
         self.blind_check.toggled.connect(lambda _: self._after_identity_change())
         self.start_button.clicked.connect(
@@ -262,16 +235,74 @@ class AnnotationWidget(QWidget):
         self.show_button.clicked.connect(lambda: self.show_raters())
         self.agree_button.clicked.connect(lambda: self.compute_agreement())
 
-    def _browse(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Project store (a new or existing folder)")
-        if path:
-            self.path_edit.setText(path)
-            self.open_store(path)
-
     @property
     def blind(self) -> bool:
         """Whether blind mode is on."""
         return self.blind_check.isChecked()
+
+    # ------------------------------------------------------------------ store workers
+    @property
+    def busy(self) -> bool:
+        """Whether a store worker (save, autosave, agreement, loading) is running."""
+        return self.worker is not None
+
+    def _run_io(
+        self,
+        fn: Callable[[], Any],
+        done: Callable[[Any], Any],
+        *,
+        action: str,
+        button: Any = None,
+        text: str = "Working…",
+        failed: Callable[[BaseException], Any] | None = None,
+        quiet: bool = False,
+    ) -> Any:
+        """Run ``fn`` (store I/O, no Qt) in a worker, then ``done(result)`` on the GUI thread.
+
+        The panel's controls are disabled meanwhile and ``button`` shows ``text`` (not for a
+        ``quiet`` one: an autosave); errors become notifications. A running autosave is waited
+        for. Returns the worker, or None (with a notification) if another action runs.
+        """
+        if self.worker is not None and self._quiet:
+            self.wait()  # an autosave: short, and its draft must not land after this save
+        if self.worker is not None:
+            show_warning("probseg: the panel is still saving or reading; wait for it to finish")
+            return None
+        self._painted_while_busy = False
+        self._quiet = quiet
+        if button is not None:
+            self._busy = (button, button.text())
+            button.setText(text)
+        for box in () if quiet else self._boxes:
+            box.setEnabled(False)
+        self.worker = start_io(
+            fn, action=action, done=done, finished=self._on_io_finished, failed=failed
+        )
+        return self.worker
+
+    def _on_io_finished(self) -> None:
+        self.worker = None
+        if self._busy is not None:
+            button, text = self._busy
+            button.setText(text)
+            self._busy = None
+        for box in self._boxes:
+            box.setEnabled(True)
+        self._update_state()
+        if self._saved_outcome is not None:  # after the worker ended: listeners may start more
+            (outcome,) = self._saved_outcome
+            self._saved_outcome = None
+            self.saved.emit(outcome)
+
+    def wait(self, timeout_ms: int = _CLOSE_WAIT_MS) -> bool:
+        """Process events until the running store worker ended; False if it still runs."""
+        from qtpy.QtCore import QCoreApplication, QElapsedTimer, QEventLoop
+
+        clock = QElapsedTimer()
+        clock.start()
+        while self.worker is not None and clock.elapsed() < timeout_ms:
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+        return self.worker is None
 
     def _update_state(self) -> None:
         has_store = self.store is not None
@@ -284,7 +315,7 @@ class AnnotationWidget(QWidget):
         self.tools_label.setText(tools or "-")
 
     # ------------------------------------------------------------------ store and image
-    @_notify_errors("opening the store")
+    @notify_errors("opening the store")
     def open_store(self, path: str | Path) -> ProjectStore | None:
         """Open the project store at ``path``, creating it if the folder is new or empty."""
         text = str(path).strip()
@@ -330,7 +361,7 @@ class AnnotationWidget(QWidget):
             raise ValueError("store: open or create a project store first")
         return self.store
 
-    @_notify_errors("adding the image")
+    @notify_errors("adding the image")
     def add_image_layer(self, layer: Any = None, image_id: str | None = None) -> str | None:
         """Add an image layer (default: the selected or first image layer) to the store."""
         store = self._require_store()
@@ -367,9 +398,14 @@ class AnnotationWidget(QWidget):
                 return layer
         return None
 
-    @_notify_errors("opening the image")
+    @notify_errors("opening the image")
     def select_image(self, image_id: str) -> bool:
-        """Make ``image_id`` the current image (shown in the viewer if it is not yet)."""
+        """Make ``image_id`` the current image (shown in the viewer if it is not yet).
+
+        The image is current at once (editing can start: only its shape is needed); if it is not
+        in the viewer yet, its voxels are read in a quiet worker (the panel stays usable) and the
+        layer is added under the edited layer when they arrive.
+        """
         store = self._require_store()
         store.image_info(validate_identifier(image_id, "image_id"))
         if image_id != self.image_id:
@@ -378,14 +414,31 @@ class AnnotationWidget(QWidget):
         self.image_combo.setCurrentText(image_id)
         layer = self._image_layer(image_id)
         if layer is None:
-            layer = self._add_layer(image_layer_data(store, image_id))
-        if layer in self.viewer.layers:
+            if self.edit_layer is None:  # nothing stays active over the image to come
+                self.viewer.layers.selection.active = None
+            self._run_io(
+                lambda: image_layer_data(store, image_id),
+                lambda item: self._show_image(store, image_id, item),
+                action="opening the image",
+                quiet=True,
+            )
+        elif layer in self.viewer.layers:
             self.viewer.layers.selection.active = layer
         self._after_identity_change()
         return True
 
+    def _show_image(self, store: ProjectStore, image_id: str, item: Any) -> None:
+        if self.store is not store or self.image_id != image_id:
+            return  # another image was chosen meanwhile
+        if self._image_layer(image_id) is not None:
+            return
+        edit = self.edit_layer
+        below = self.viewer.layers.index(edit) if edit in self.viewer.layers else None
+        layer = self._add_layer(item, index=below)  # never over the layer being painted
+        self.viewer.layers.selection.active = layer if edit is None else edit
+
     # ------------------------------------------------------------------ rater and blind mode
-    @_notify_errors("choosing the rater")
+    @notify_errors("choosing the rater")
     def set_rater(self, rater: str, role: str | None = None) -> bool:
         """Sign in as ``rater`` (a validated id) with ``role`` (expert/resident/trainee/other)."""
         rater = validate_identifier(str(rater).strip(), "rater")
@@ -397,9 +450,7 @@ class AnnotationWidget(QWidget):
         self.rater, self.role = rater, role
         self.viewer_session.rater = rater
         self.role_combo.setCurrentText(role)
-        if self.rater_combo.findText(rater) < 0:
-            self.rater_combo.addItem(rater)
-        self.rater_combo.setCurrentText(rater)
+        self.rater_row.show(rater)
         self._after_identity_change()
         return True
 
@@ -417,10 +468,7 @@ class AnnotationWidget(QWidget):
             self._update_state()
             return
         try:
-            raters = self.store.raters(self.image_id)
-            for r in raters:
-                if self.rater_combo.findText(r) < 0:
-                    self.rater_combo.addItem(r)
+            self.rater_row.remember(*self.store.raters(self.image_id))
             self._apply_blind()
             self.refresh_versions()
             self._check_draft()
@@ -483,7 +531,7 @@ class AnnotationWidget(QWidget):
             raise ValueError("rater: sign in with a rater id first")
         return store, self.image_id, self.rater
 
-    @_notify_errors("starting the edit")
+    @notify_errors("starting the edit")
     def start_editing(self, origin: str = "empty", source: Any = None) -> Any:
         """Start editing a Labels layer: ``origin`` is ``"empty"``, ``"consensus"``,
         ``"version"`` (my latest) or ``"hypothesis"`` (``source``: the review panel's
@@ -598,7 +646,12 @@ class AnnotationWidget(QWidget):
         super().showEvent(event)
 
     def close_edit(self) -> bool:
-        """End the edit session because the panel or viewer closes; True if a draft was kept."""
+        """End the edit session because the panel or viewer closes; True if a draft was kept.
+
+        A save still running is waited for first (at most ``_CLOSE_WAIT_MS``), so that its
+        outcome is known and unsaved work goes to a draft, never lost.
+        """
+        self.wait()
         return self._end_session(reason="the viewer is closing")
 
     def closeEvent(self, event: Any) -> None:
@@ -608,11 +661,13 @@ class AnnotationWidget(QWidget):
     def _on_paint(self, event: Any = None) -> None:
         if self.session is not None and self.edit_layer is not None:
             self.session.record_paint(self.edit_layer.mode)
+            self._painted_while_busy = self.busy
             self._update_state()
 
     def _on_data(self, event: Any = None) -> None:
         if self.session is not None:
             self.session.dirty = True
+            self._painted_while_busy = self.busy
 
     def _on_layer_removed(self, event: Any) -> None:
         if event.value is self.edit_layer and self.session is not None:
@@ -625,38 +680,82 @@ class AnnotationWidget(QWidget):
         self._update_state()
 
     # ------------------------------------------------------------------ saving
-    @_notify_errors("saving")
-    def save(self, note: str | None = None) -> SaveOutcome | None:
-        """Commit the edited layer as a new version of the rater's annotation.
+    @notify_errors("saving")
+    def save(self, note: str | None = None) -> Any:
+        """Commit the edited layer as a new version of the rater's annotation, in a worker.
 
-        If the commit fails the layer stays, and the work is written as a draft (or, if the
-        store cannot be written at all, to a recovery file); a notification says where.
+        The layer's labels are copied on the GUI thread; the worker checks whether anything
+        changed since the rater's latest version and commits (:func:`save_or_keep`). If the commit
+        fails the layer stays, and the work is written as a draft (or, if the store cannot be
+        written at all, to a recovery file); a notification says where. When the worker ends,
+        :attr:`last_outcome` holds the ``SaveOutcome`` (None: nothing changed) and :attr:`saved`
+        is emitted.
+
+        Returns
+        -------
+        The started worker, or None (with a notification) when no save started.
         """
         store, _, _ = self._require_identity()
         if self.session is None or self.edit_layer is None:
             raise ValueError("edit: start editing first")
         note = self.note_edit.text() if note is None else note
-        if is_unchanged(store, self.session, self.edit_layer.data):
+        mask = np.array(self.edit_layer.data, copy=True)
+        # The worker works on a copy: painting during the save keeps marking the live session.
+        work_session = copy.copy(self.session)
+        work_session.tools = list(self.session.tools)
+        live, recovery_dir = self.session, self.recovery_dir
+
+        def work() -> SaveOutcome | None:
+            if is_unchanged(store, work_session, mask):
+                return None
+            return save_or_keep(store, work_session, mask, note=note, recovery_dir=recovery_dir)
+
+        def failed(exc: BaseException) -> None:  # an unexpected error: keep the work as a draft
+            self.last_outcome = SaveOutcome(error=str(exc))
+            if self.session is live and self.autosave(force=True) is not None:
+                show_warning("probseg: your work is kept in the layer and as an autosaved draft")
+            self._saved_outcome = (self.last_outcome,)
+
+        self.last_outcome = None
+        return self._run_io(
+            work,
+            lambda outcome: self._on_saved(store, live, outcome),
+            action="saving",
+            button=self.save_button,
+            text="Saving…",
+            failed=failed,
+        )
+
+    def _on_saved(
+        self, store: ProjectStore, live: EditSession, outcome: SaveOutcome | None
+    ) -> None:
+        if outcome is None:
             show_info(
-                f"probseg: nothing changed since version {self.session.parent_version}; "
+                f"probseg: nothing changed since version {live.parent_version}; "
                 "no new version saved"
             )
-            return None
-        outcome = save_or_keep(
-            store, self.session, self.edit_layer.data, note=note, recovery_dir=self.recovery_dir
-        )
+            self._saved_outcome = (None,)
+            return
         self.last_outcome = outcome
+        painted = self._painted_while_busy
+        if outcome.committed:
+            live.committed(outcome.version)
+        elif outcome.draft is not None:
+            live.dirty = False
+        if painted:
+            live.dirty = True  # painted while saving: not in the saved version
         severity, message = outcome.message()
         (show_info if severity == "info" else show_error)(message)
         if outcome.committed:
             v = outcome.version
             self.note_edit.clear()
             was_blind = self.blind and v.version == 1
-            self._after_identity_change()
+            if self.store is store:
+                self._after_identity_change()
             if was_blind and len(store.raters(v.image_id)) > 1:
                 show_info("probseg: other raters' annotations of this image are now available.")
         self._update_state()
-        return outcome
+        self._saved_outcome = (outcome,)
 
     def set_autosave_interval(self, seconds: float) -> None:
         """Set the autosave interval in seconds."""
@@ -673,23 +772,39 @@ class AnnotationWidget(QWidget):
     def autosave(self, layer: Any = None, *, force: bool = False) -> Any:
         """Write the edited layer as the rater's draft if it has unsaved changes.
 
-        ``force`` writes it even with autosave turned off (editing ends: never drop work).
+        A timer tick writes it in a worker (returned; skipped while another store action runs).
+        ``force`` writes it now, on the GUI thread, even with autosave turned off: editing ends
+        (image switch, sign-in, closing), and work must never be dropped. Returns the draft
+        (forced), the worker (tick) or None.
         """
         layer = layer if layer is not None else self.edit_layer
         if self.store is None or layer is None or self.session is None:
             return None
         if not (self.session.dirty if force else self.policy.should_save(self.session)):
             return None
-        session = self.session
-        try:
-            draft = self.store.save_draft(
+        store, session, note = self.store, self.session, self.note_edit.text()
+        mask = np.array(layer.data, copy=True)
+        extra = session.draft_extra(note)
+
+        def write() -> Any:
+            return store.save_draft(
                 session.image_id,
                 session.rater,
-                np.asarray(layer.data),
+                mask,
                 based_on=session.parent_version,
-                note=self.note_edit.text(),
-                extra=session.draft_extra(self.note_edit.text()),
+                note=note,
+                extra=extra,
             )
+
+        if not force:
+            if self.busy:
+                return None
+            return self._run_io(
+                write, lambda draft: self._on_drafted(session, draft), action="autosave",
+                quiet=True,
+            )  # fmt: skip
+        try:
+            draft = write()
         except (StoreError, OSError, ValueError) as exc:
             show_warning(f"probseg: autosave failed ({exc}); keep the layer open and save")
             return None
@@ -697,7 +812,12 @@ class AnnotationWidget(QWidget):
         self.policy.saved(draft)
         return draft
 
-    @_notify_errors("recovering the draft")
+    def _on_drafted(self, session: EditSession, draft: Any) -> None:
+        if not self._painted_while_busy:
+            session.dirty = False
+        self.policy.saved(draft)
+
+    @notify_errors("recovering the draft")
     def recover_draft(self) -> Any:
         """Reopen the rater's autosaved draft of the current image as the edited layer."""
         store, image_id, rater = self._require_identity()
@@ -715,104 +835,13 @@ class AnnotationWidget(QWidget):
         show_info(f"probseg: recovered the draft saved {draft.saved} ({', '.join(session.tools)})")
         return layer
 
-    @_notify_errors("discarding the draft")
+    @notify_errors("discarding the draft")
     def discard_draft(self) -> bool:
         """Delete the rater's autosaved draft of the current image."""
         store, image_id, rater = self._require_identity()
         done = store.discard_draft(image_id, rater)
         self._check_draft()
         return done
-
-    # ------------------------------------------------------------------ versions
-    def refresh_versions(self) -> None:
-        """Fill the version tree with the raters the current rater may see."""
-        self.tree.clear()
-        if self.store is None or self.image_id is None:
-            return
-        raters = (
-            visible_raters(self.store, self.image_id, self.rater, blind=self.blind)
-            if self.rater
-            else ([] if self.blind else self.store.raters(self.image_id))
-        )
-        for rater in raters:
-            history = self.store.history(self.image_id, rater)
-            top = QTreeWidgetItem([rater, "", history[-1].role if history else "", "", "", ""])
-            top.setData(0, Qt.ItemDataRole.UserRole, (rater, None))
-            for v in history:
-                d = describe_version(v)
-                child = QTreeWidgetItem(
-                    [d["version"], d["time"], d["role"], d["tools"], d["source"], d["note"]]
-                )
-                child.setData(0, Qt.ItemDataRole.UserRole, (rater, v.version))
-                top.addChild(child)
-            self.tree.addTopLevelItem(top)
-            top.setExpanded(True)
-
-    def load_selected(self) -> Any:
-        """Load the version selected in the tree (a rater row: the latest) as a layer."""
-        item = self.tree.currentItem()
-        if item is None:
-            show_warning("probseg: select a version in the list first")
-            return None
-        rater, version = item.data(0, Qt.ItemDataRole.UserRole)
-        return self.load_version(rater, version)
-
-    @_notify_errors("loading the version")
-    def load_version(self, rater: str, version: int | None = None) -> Any:
-        """Add ``rater``'s version (default: latest) of the current image as a Labels layer."""
-        store, image_id, _ = self._require_identity()
-        if rater != self.rater and not self.may_see_others():
-            raise ValueError(
-                "rater: blind mode: other raters' annotations are hidden until you save your own"
-            )
-        raters = store.raters(image_id)
-        index = raters.index(rater) if rater in raters else 0
-        return self._add_layer(rater_layer_data(store, image_id, rater, version, color_index=index))
-
-    @_notify_errors("showing the raters")
-    def show_raters(self) -> list[Any]:
-        """Load every visible rater's latest version of the current image (replacing old ones)."""
-        store, image_id, me = self._require_identity()
-        raters = visible_raters(store, image_id, me, blind=self.blind)
-        hidden = len(store.raters(image_id)) - len(raters)
-        if hidden:
-            show_info(f"probseg: blind mode: {hidden} other rater(s) hidden until you save")
-        return [self.load_version(r) for r in raters]
-
-    def _add_layer(self, layer_data: tuple[Any, dict, str]) -> Any:
-        from napari.layers import Layer
-
-        data, kwargs, kind = layer_data
-        for old in [lay for lay in self.viewer.layers if lay.name == kwargs["name"]]:
-            self.viewer.layers.remove(old)
-        layer = Layer.create(data, kwargs, kind)
-        self.viewer.layers.append(layer)
-        return layer
-
-    # ------------------------------------------------------------------ agreement
-    @_notify_errors("computing the agreement")
-    def compute_agreement(self) -> Any:
-        """Pairwise Dice matrix, majority vote and soft consensus layers, disagreement share."""
-        store, image_id, _ = self._require_identity()
-        if not self.may_see_others():
-            raise ValueError("agreement: blind mode: save your own annotation first")
-        raters = store.raters(image_id)
-        if len(raters) < 2:
-            raise ValueError(f"agreement: needs two raters, {image_id!r} has {len(raters)}")
-        result = agreement(latest_masks(store, image_id, raters))
-        self.last_agreement = result
-        r = len(raters)
-        self.dice_table.setRowCount(r)
-        self.dice_table.setColumnCount(r)
-        self.dice_table.setHorizontalHeaderLabels(list(raters))
-        self.dice_table.setVerticalHeaderLabels(list(raters))
-        for i in range(r):
-            for j in range(r):
-                self.dice_table.setItem(i, j, QTableWidgetItem(f"{result.dice[i, j]:.3f}"))
-        self.agree_label.setText(result.summary())
-        for layer_data in agreement_layer_data(store, image_id, result):
-            self._add_layer(layer_data)
-        return result
 
 
 class _CloseFilter(QObject):

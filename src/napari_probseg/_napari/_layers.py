@@ -34,6 +34,13 @@ MAP_COLORMAPS = {
     "mutual_information": "magma",
     "expected_entropy": "viridis",
 }
+#: Short names of the entropy terms in layer names; the full term and its meaning for the method
+#: are in the layer's metadata and tooltip (:func:`layer_tooltip`).
+TERM_SHORT = {
+    "predictive_entropy": "predictive entropy",
+    "mutual_information": "MI",
+    "expected_entropy": "EE",
+}
 LayerData = tuple[Any, dict, str]
 #: ``metadata["probseg"]["what"]`` of image layers that are inputs a model can run on (a plain
 #: image has no ``probseg`` metadata; an image opened from or added to a store is "store-image");
@@ -86,13 +93,36 @@ def create_layer(data: Any, kwargs: dict, layer_type: str) -> Any:
     return layer
 
 
+def short_term_label(term: str, source: Any, *, nested: bool = False) -> str:
+    """Short name of an entropy term for layer names: ``"MI (epistemic)"``,
+    ``"MI (aleatoric, eq. 42)"``, ``"EE (remainder, eq. 42)"``, ``"predictive entropy"``.
+
+    The meaning keeps its first word per randomness source (``core.uncertainty.term_meanings``;
+    the qualifier in brackets goes to the tooltip) and names review eq. 42 when the latent reading
+    is used. ``nested=True`` gives ``"MI, epistemic"`` (inside another bracket).
+    """
+    from napari_probseg.core.uncertainty import term_meanings
+
+    short = TERM_SHORT.get(term, term.replace("_", " "))
+    meaning = term_meanings(source).get(term)
+    if not meaning:
+        return short
+    words = " + ".join(part.split(" (")[0] for part in meaning.split(" + "))
+    text = f"{words}, eq. 42" if "eq. 42" in meaning else words
+    return f"{short}, {text}" if nested else f"{short} ({text})"
+
+
 def layer_tooltip(meta: dict) -> str:
-    """Image and run of a run's layer, for the layer list's tooltip (names stay short)."""
+    """Image and run of a run's layer, and for a map the full term and its meaning, for the
+    layer list's tooltip (names stay short)."""
     prov = meta.get("provenance") or {}
     run = (
         f"{meta.get('method', '?')}, N = {meta.get('n_samples', '?')}, seed {prov.get('seed', '?')}"
     )
-    return f"image {meta.get('image', '?')} · run {run}".replace("/", "∕")
+    text = f"image {meta.get('image', '?')} · run {run}"
+    if meta.get("meaning"):
+        text += f" · {str(meta.get('what', '')).replace('_', ' ')}: {meta['meaning']}"
+    return text.replace("/", "∕")
 
 
 def _set_tooltip(layer: Any) -> None:
@@ -396,7 +426,6 @@ def prediction_layers(
         meaning for the method), the top-q% highlight and the ranked regions.
     """
     from napari_probseg.core.structure import consensus, distinct_hypotheses, envelope
-    from napari_probseg.core.uncertainty import term_label
 
     samples = np.asarray(result.samples)
     maps = result.maps
@@ -438,7 +467,7 @@ def prediction_layers(
         add(
             umap,
             key,
-            term_label(key, source),
+            short_term_label(key, source),
             "image",
             colormap=cm,
             contrast_limits=(0.0, ln_k),
@@ -507,7 +536,7 @@ def prediction_layers(
         opacity=0.9,
     )
     umap = np.asarray(getattr(maps, term), dtype=np.float32)
-    term_text = term_label(term, source)
+    term_text = short_term_label(term, source, nested=True)
     add(
         highlight_mask(umap, quantile),
         "highlight",
@@ -523,7 +552,7 @@ def prediction_layers(
     regions = top_regions_for(
         umap, quantile=quantile, min_size=min_region_size, max_regions=max_regions
     )
-    reg = regions_layer(regions, placement, result=result, term_name=term_text)
+    reg = regions_layer(regions, placement, result=result, term_name=short_term_label(term, source))
     if reg is not None:
         layers.append(reg)
     for _, kw, _ in layers:

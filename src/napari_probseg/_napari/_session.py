@@ -232,7 +232,9 @@ def _update_in_place(viewer: Any, old: Any, item: Any) -> Any:
     else:
         data = item.data
         get = lambda key, default=None: getattr(item, key, default)  # noqa: E731
-    if old._type_string == "shapes":
+    if old._type_string == "shapes" and not isinstance(item, tuple) and _swap_shapes(old, item):
+        pass  # the meshes built in the worker, taken over as they are
+    elif old._type_string == "shapes":
         paths = list(data) if isinstance(item, tuple) else [np.asarray(d) for d in item.data]
         edge = np.asarray(get("edge_width"), dtype=float).ravel()
         old.data = []
@@ -249,11 +251,57 @@ def _update_in_place(viewer: Any, old: Any, item: Any) -> Any:
     image = (old.metadata.get("probseg") or {}).get("image", "")
     taken = {lay.name for lay in viewer.layers if lay is not old}
     old.name = unique_name(get("name"), image, taken)
-    old.scale = get("scale")
-    old.translate = get("translate")
+    # Each placement change re-slices the layer: only set what changed.
+    for attr in ("scale", "translate"):
+        value = get(attr)
+        if value is not None and not np.allclose(getattr(old, attr), value):
+            setattr(old, attr, value)
     if old._type_string == "image" and get("contrast_limits") is not None:
         old.contrast_limits = get("contrast_limits")
     return old
+
+
+def _swap_shapes(old: Any, new: Any) -> bool:
+    """Give the Shapes layer ``old`` the shapes of ``new`` (built in the worker) without
+    recomputing their meshes, features or thumbnail on the GUI thread; False (nothing changed)
+    if it cannot.
+
+    ``Shapes.data = ...`` triangulates every path again on the GUI thread (about 1 ms a path:
+    200 ms for 64 samples' contours), and each refresh rasterises every path for the layer-list
+    thumbnail. ``new``'s shape list (meshes included), feature table and thumbnail were built in
+    the worker; this takes them over the way napari's own data setter installs a new list
+    (private napari API; any mismatch falls back to the setter).
+    """
+    try:
+        from napari.layers.base._base_constants import ActionType
+
+        view, table, thumbnail = new._data_view, new._feature_table, new.thumbnail
+        if view.ndisplay != old._slice_input.ndisplay or new.ndim != old.ndim:
+            return False
+        old._finish_drawing()
+        old.selected_data = set()
+        old._update_thumbnail = lambda *args, **kwargs: None  # the worker's is taken below
+        try:
+            view.slice_key = np.array(old._data_slice.point)[old._slice_input.not_displayed]
+            old._data_view = view
+            old._feature_table = table
+            old._update_dims()
+            old.events.data(
+                value=old.data,
+                action=ActionType.CHANGED,
+                data_indices=tuple(range(old.nshapes)),
+                vertex_indices=((),),
+            )
+            old._reset_editable()
+            old.events.properties()
+            old.events.features()
+            old.refresh()
+        finally:
+            del old._update_thumbnail
+        old.thumbnail = thumbnail
+    except (AttributeError, ImportError, TypeError, ValueError):
+        return False
+    return True
 
 
 class _Landing:
@@ -451,7 +499,7 @@ def remove_run_layers(viewer: Any, image_name: str) -> None:
 
 def set_highlight(record: RunRecord, quantile: float, *, term: str = "predictive_entropy") -> None:
     """Recompute the top-``quantile`` highlight of a landed run in place, and rename the layer."""
-    from napari_probseg.core.uncertainty import term_label
+    from napari_probseg._napari._layers import short_term_label
 
     layer = record.layers.get("highlight")
     if layer is None:
@@ -460,7 +508,8 @@ def set_highlight(record: RunRecord, quantile: float, *, term: str = "predictive
     layer.data = highlight_mask(umap, quantile)
     layer.name = run_layer_name(
         record.image_name,
-        f"most uncertain {100 * quantile:g}% ({term_label(term, record.result.source)})",
+        f"most uncertain {100 * quantile:g}% "
+        f"({short_term_label(term, record.result.source, nested=True)})",
     )
     layer.metadata["probseg"]["quantile"] = quantile
     record.quantile = quantile

@@ -10,11 +10,10 @@ panel's "Save version", or "Save && next" here) the worklist refreshes and opens
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -37,29 +36,26 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_probseg._napari._store_forms import RaterRow, StoreRow, notify_errors
 from napari_probseg.active.scores import AGGREGATIONS, SCORES, STRUCTURE_SCORES
 from napari_probseg.active.worklist import WorklistRow, next_image, worklist_rows
-from napari_probseg.store import ROLES, ProjectStore, StoreError, validate_identifier
+from napari_probseg.store import ProjectStore, validate_identifier
 
-T = TypeVar("T")
 _COLUMNS = ("rank", "image", "score", "annotated", "by")
 
 
-def _notify(action: str) -> Callable[[Callable[..., T]], Callable[..., T | None]]:
-    """Turn the errors a user can cause into one-line error notifications."""
+def import_dynamo() -> None:
+    """Import ``torch._dynamo`` now, on the GUI thread, before a training thread starts.
 
-    def wrap(fn: Callable[..., T]) -> Callable[..., T | None]:
-        @functools.wraps(fn)
-        def inner(self: Any, *args: Any, **kwargs: Any) -> T | None:
-            try:
-                return fn(self, *args, **kwargs)
-            except (StoreError, OSError, ValueError) as exc:
-                show_error(f"probseg: {action} failed: {exc}")
-            return None
-
-        return inner
-
-    return wrap
+    torch's optimizers import it (and triton's bundled LLVM) on first use; doing that in the
+    training thread while the viewer's software OpenGL (Mesa llvmpipe under Xvfb) has its own
+    LLVM loaded crashed the process. Importing it first is cheap once torch is loaded and
+    harmless if torch lacks it.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # an older or stripped-down torch: nothing to pre-load
+        pass
 
 
 class _Relay(QObject):
@@ -96,13 +92,12 @@ class WorklistWidget(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("project.zarr")
-        self.open_button = QPushButton("Open store")
-        self.rater_edit = QLineEdit()
-        self.rater_edit.setPlaceholderText("your rater id")
-        self.role_combo = QComboBox()
-        self.role_combo.addItems(list(ROLES))
+        self.store_row = StoreRow(self.open_store, button_text="Open store")
+        self.path_edit = self.store_row.path_edit
+        self.open_button = self.store_row.open_button
+        self.rater_row = RaterRow()
+        self.rater_edit = self.rater_row.rater_combo.lineEdit()
+        self.role_combo = self.rater_row.role_combo
         self.model_edit = QLineEdit("lesions2d-unet")
         self.model_edit.setToolTip("bundled model name or model card file")
         self.method_edit = QLineEdit()
@@ -148,11 +143,8 @@ class WorklistWidget(QWidget):
 
         store_box = QGroupBox("Store and rater")
         sl = QFormLayout(store_box)
-        row = QHBoxLayout()
-        row.addWidget(self.path_edit, 1)
-        row.addWidget(self.open_button)
-        sl.addRow(row)
-        sl.addRow("rater", self.rater_edit)
+        sl.addRow(self.store_row)
+        sl.addRow("rater", self.rater_row.rater_combo)
         sl.addRow("role", self.role_combo)
         model_box = QGroupBox("Model and score")
         ml = QFormLayout(model_box)
@@ -186,7 +178,6 @@ class WorklistWidget(QWidget):
             layout.addWidget(box)
         layout.addStretch(1)
 
-        self.open_button.clicked.connect(lambda: self.open_store(self.path_edit.text()))
         self.next_button.clicked.connect(lambda: self.open_next())
         self.save_next_button.clicked.connect(lambda: self.save_and_next())
         self.rank_button.clicked.connect(lambda: self.rerank())
@@ -203,7 +194,7 @@ class WorklistWidget(QWidget):
         self.cancel_button.setEnabled(busy)
 
     # ------------------------------------------------------------------ store and worklist
-    @_notify("opening the store")
+    @notify_errors("opening the store")
     def open_store(self, path: str | Path) -> ProjectStore | None:
         """Open an existing project store and show its latest ranking."""
         text = str(path).strip()
@@ -257,10 +248,10 @@ class WorklistWidget(QWidget):
             self.annotation = AnnotationWidget(self.viewer)
             self.viewer.window.add_dock_widget(self.annotation, name="Annotate (worklist)")
             # The panel's own "Save version" also moves the worklist on (after its save ran).
-            self.annotation.save_button.clicked.connect(self._after_save)
+            self.annotation.saved.connect(self._after_save)
         return self.annotation
 
-    @_notify("opening the image")
+    @notify_errors("opening the image")
     def open_image(self, image_id: str) -> str | None:
         """Show ``image_id`` in the annotation panel, signed in as the rater, ready to paint."""
         store = self._require_store()
@@ -283,7 +274,7 @@ class WorklistWidget(QWidget):
             if row.image_id == image_id:
                 self.table.selectRow(r)
 
-    @_notify("opening the next image")
+    @notify_errors("opening the next image")
     def open_next(self) -> str | None:
         """Open the most informative image nobody has annotated yet."""
         self._require_store()
@@ -295,21 +286,16 @@ class WorklistWidget(QWidget):
             return None
         return self.open_image(image_id)
 
-    def save_and_next(self) -> str | None:
-        """Save the current edit in the annotation panel, then open the next image."""
+    def save_and_next(self) -> Any:
+        """Save the current edit in the annotation panel (a worker, returned); once it is
+        committed the worklist refreshes and opens the next image."""
         if self.annotation is None:
             return None
-        outcome = self.annotation.save()
+        return self.annotation.save()
+
+    def _after_save(self, outcome: Any) -> str | None:
         if outcome is None or not outcome.committed:
             return None
-        return self._after_save()
-
-    def _after_save(self) -> str | None:
-        panel = self.annotation
-        committed = panel is not None and panel.last_outcome is not None
-        if not committed or not panel.last_outcome.committed:
-            return None
-        panel.last_outcome = None  # handled once
         self.refresh()
         return self.open_next()
 
@@ -349,7 +335,7 @@ class WorklistWidget(QWidget):
         self._cancel.set()
         self.status_label.setText("cancelling…")
 
-    @_notify("ranking")
+    @notify_errors("ranking")
     def rerank(self) -> Any:
         """Rank the store with the model shown (e.g. the card just trained), in a worker."""
         from napari_probseg.active.rank import RankConfig, rank_store
@@ -397,12 +383,13 @@ class WorklistWidget(QWidget):
         self.progress.setValue(100 if record["status"] == "complete" else self.progress.value())
         self.refresh()
 
-    @_notify("retraining")
+    @notify_errors("retraining")
     def retrain(self) -> Any:
         """Fine-tune the model on the store's annotations in a worker; then use the new card."""
         from napari_probseg.training.finetune import run_finetune
 
         store = self._require_store()
+        import_dynamo()  # before the training thread: see import_dynamo
         model = self.model_edit.text().strip()
         out = self.out_edit.text().strip() or str(self._default_card_path(store, model))
         epochs, cancel, relay = self.epochs_spin.value(), self._cancel, self._relay

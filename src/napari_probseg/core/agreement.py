@@ -1,9 +1,9 @@
 """Agreement between raters of one image: pairwise Dice matrix, majority vote, soft consensus and
 the share of voxels they disagree on.
 
-Built on the one IoU matrix of ``core``, imported from one place (the ``iou_matrix`` import
-below), so that merging the IoU matrices of ``core.structure`` and ``core.observer`` is a one-line
-change here. Used by the annotation panel and by scripts; no Qt.
+Built on the package's one IoU matrix, :func:`napari_probseg.core.observer.iou_matrix` (the one
+GED, HM-IoU and ``core.structure`` use): ``Dice = 2 IoU / (1 + IoU)`` per class. Used by the
+annotation panel (in its worker) and by scripts; no Qt.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from napari_probseg.core._validation import check_masks
-from napari_probseg.core.structure import consensus, iou_matrix
+from napari_probseg.core.observer import iou_matrix
+from napari_probseg.core.structure import consensus
 
 __all__ = ["Agreement", "agreement", "dice_matrix"]
 
@@ -81,7 +82,7 @@ def dice_matrix(masks: Any) -> np.ndarray:
         ``D[i, j]`` = mean over the foreground classes present in mask ``i`` or ``j`` of that
         class's Dice ``2|A∩B| / (|A| + |B|)``; 1 when neither mask has foreground (the
         convention of ``core.structure.pairwise_dice``). Computed from
-        ``core.structure.iou_matrix`` of each class's binary masks (one matrix product each) with
+        ``core.observer.iou_matrix`` of each class's binary masks (one matrix product each) with
         ``Dice = 2 IoU / (1 + IoU)``, exact for binary masks.
     """
     arr = check_masks(masks, "masks")

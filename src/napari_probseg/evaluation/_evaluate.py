@@ -225,6 +225,7 @@ def evaluate_store(
     progress: Callable[[str], None] | None = None,
     ged_kernel: str = "iou",
     ged_absent: str = "present",
+    class_index: int | None = None,
 ) -> StoreEvaluation:
     """Evaluate prediction runs of a store's images against their raters.
 
@@ -263,10 +264,17 @@ def evaluate_store(
     ged_absent : {"present", "one"}
         GED class-absent convention: ``"present"`` (default) averages over the classes present in
         either mask; ``"one"`` is PHiSeg's (absent from both = 1, mean over every class).
+    class_index : int, optional
+        Calibration (ECE/MCE/ACE, adaptive ECE and the merged bins) of class ``class_index``
+        against the rest, with ``p(class)`` as confidence (:func:`class_view`); default: all
+        classes, top-label confidence. The other metrics do not depend on it.
 
     Returns
     -------
     StoreEvaluation
+
+    Without ``image_ids``, an image whose run cannot be evaluated (computed from another image,
+    labels beyond the run's classes) is skipped with the reason; with them it is an error.
 
     Raises
     ------
@@ -305,20 +313,27 @@ def evaluate_store(
         names = store.raters(image_id)
         masks = np.stack([store.latest(image_id, r)[0] for r in names])
         data = load_run(store, image_id, run)
-        _check_signature(store, data)
-        ev = _evaluate_image(
-            data,
-            masks,
-            names,
-            kind=kind,
-            rater=rater,
-            ref_text=ref_text,
-            n_bins=n_bins,
-            n_samples=n_samples,
-            aggregation=aggregation,
-            pavpu_threshold=float(pavpu_threshold),
-            ged_options={"kernel": ged_kernel, "absent": ged_absent},
-        )
+        try:
+            _check_signature(store, data)
+            ev = _evaluate_image(
+                data,
+                masks,
+                names,
+                kind=kind,
+                rater=rater,
+                ref_text=ref_text,
+                n_bins=n_bins,
+                n_samples=n_samples,
+                aggregation=aggregation,
+                pavpu_threshold=float(pavpu_threshold),
+                ged_options={"kernel": ged_kernel, "absent": ged_absent},
+                class_index=class_index,
+            )
+        except ValueError as exc:
+            if explicit:
+                raise
+            skipped.append({"image_id": image_id, "reason": str(exc)})
+            continue
         evaluations.append(ev)
         per_image_raters.append(masks)
         runs.append(data)
@@ -328,7 +343,11 @@ def evaluate_store(
         why = "; ".join(f"{s['image_id']}: {s['reason']}" for s in skipped[:3]) or "no images"
         raise ValueError(f"store: nothing to evaluate ({why})")
 
-    merged = CalibrationAccumulator(n_bins=n_bins, reference=ref_text)
+    merged = CalibrationAccumulator(
+        n_bins=n_bins,
+        reference=ref_text,
+        confidence="top_label" if class_index is None else "foreground",
+    )
     for ev in evaluations:
         merged.merge(ev.accumulator)
     means = {name: summarize(ev.values[name] for ev in evaluations) for name in IMAGE_METRICS}
@@ -362,6 +381,9 @@ def evaluate_store(
                 "uncertainty_threshold": f"{pavpu_threshold} * ln K (>=)",
             },
             "run": run or "latest per image",
+            "calibration_classes": "all (top-label confidence)"
+            if class_index is None
+            else f"class {class_index} vs rest (confidence p(class))",
         },
         images=evaluations,
         skipped=skipped,
@@ -422,6 +444,7 @@ def _evaluate_image(
     aggregation: str,
     pavpu_threshold: float,
     ged_options: dict[str, str] | None = None,
+    class_index: int | None = None,
 ) -> ImageEvaluation:
     probs = data.probs
     k = max(probs.shape[0], int(masks.max(initial=0)) + 1, int(data.samples.max(initial=0)) + 1)
@@ -439,15 +462,19 @@ def _evaluate_image(
         hard = list(masks)
     else:
         hard = [majority]
-    acc = CalibrationAccumulator(n_bins=n_bins, reference=ref_text)
     if kind == "soft":
         soft = np.stack([(masks == c).mean(axis=0) for c in range(probs.shape[0])])
-        acc.update(probs, soft, foreground_map=False)
-        a_ece = adaptive_ece(probs, soft, n_bins=n_bins, foreground_map=False)
-    else:
-        for ref in hard:
-            acc.update(probs, ref, foreground_map=False)
-        a_ece = float(np.mean([adaptive_ece(probs, r, n_bins=n_bins) for r in hard]))
+    cal_refs = [soft] if kind == "soft" else hard
+    conf = "top_label" if class_index is None else "foreground"
+    acc = CalibrationAccumulator(n_bins=n_bins, reference=ref_text, confidence=conf)
+    a_eces = []
+    for ref in cal_refs:
+        p_view, lab, fg_map, _ = class_view(probs, ref, class_index)
+        acc.update(p_view, lab, foreground_map=fg_map)
+        a_eces.append(
+            adaptive_ece(p_view, lab, n_bins=n_bins, confidence=conf, foreground_map=fg_map)
+        )
+    a_ece = float(np.mean(a_eces))
     cal = acc.result()
 
     samples = data.samples
@@ -553,6 +580,40 @@ def _evaluate_image(
         accumulator=acc,
         warnings=list(summary["warnings"]),
     )
+
+
+def class_view(
+    probs: np.ndarray, labels: np.ndarray, class_index: int | None
+) -> tuple[np.ndarray, np.ndarray, bool, str]:
+    """What calibration compares: all classes, or one class against the rest.
+
+    Parameters
+    ----------
+    probs : ndarray, shape (K, *S)
+        Class probabilities.
+    labels : ndarray, shape (*S) int, or (K, *S) float (soft)
+        Reference.
+    class_index : int or None
+        None: all classes (top-label confidence); else class ``class_index`` vs the rest.
+
+    Returns
+    -------
+    probs : ndarray, shape (K, *S) or (*S) (``p(class)`` clipped to [0, 1])
+    labels : ndarray, shape (*S) or (K, *S)
+        Hard labels, 0/1 of the class, or the class's soft share.
+    foreground_map : bool
+        Whether ``probs`` is a single-class map.
+    confidence : {"top_label", "foreground"}
+    """
+    if class_index is None:
+        return probs, labels, False, "top_label"
+    if not 0 <= class_index < probs.shape[0]:
+        raise ValueError(f"class_index: expected 0..{probs.shape[0] - 1}, got {class_index}")
+    if np.issubdtype(labels.dtype, np.floating):
+        lab = labels[class_index]
+    else:
+        lab = (labels == class_index).astype(np.uint8)
+    return np.clip(probs[class_index], 0.0, 1.0), lab, True, "foreground"
 
 
 def _renormalize(probs: np.ndarray) -> np.ndarray:

@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_ged_vs_n", "plot_rater_ablation", "plot_reliability", "write_plots"]
+__all__ = [
+    "draw_reliability",
+    "plot_ged_vs_n",
+    "plot_rater_ablation",
+    "plot_reliability",
+    "write_plots",
+]
 
 
 def _figure(*args: Any, **kwargs: Any) -> Any:
@@ -36,8 +42,82 @@ def _save(fig: Any, out: Path, stem: str) -> list[Path]:
     return paths
 
 
+def draw_reliability(
+    fig: Any,
+    calibration: Any,
+    *,
+    after: Any = None,
+    temperature: Any = None,
+    title: str = "",
+) -> dict[str, Any]:
+    """Draw the reliability diagram over a confidence histogram on ``fig`` (cleared first).
+
+    The one drawing of the diagram: :func:`plot_reliability` (files) and the calibration panel
+    (its canvas) both call it.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    calibration : CalibrationResult
+        Binned calibration (``bin_edges``, ``counts``, ``accuracy``, ``mean_confidence``).
+    after : CalibrationResult, keyword-only
+        The same bins after temperature scaling (drawn as steps), with ``temperature``.
+    temperature : TemperatureFit, keyword-only
+    title : str, keyword-only
+
+    Returns
+    -------
+    dict
+        The artists: ``"accuracy"`` (a BarContainer with one bar per bin), ``"gap"``,
+        ``"histogram"``, ``"diagonal"`` and ``"after"`` (or None).
+    """
+    from matplotlib.ticker import NullFormatter
+
+    c = calibration
+    fig.clear()
+    fig.set_layout_engine("tight")  # axis labels stay inside a panel's small canvas
+    ax, hx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    edges = np.asarray(c.bin_edges)
+    width, left = np.diff(edges), edges[:-1]
+    ok = np.asarray(c.counts) > 0
+    acc = np.where(ok, c.accuracy, 0.0)
+    conf = np.where(ok, c.mean_confidence, 0.0)
+    ylabel = "accuracy" if c.label_kind == "hard" else "expected agreement"
+    bars = ax.bar(
+        left, acc, width=width, align="edge", edgecolor="k", color="tab:blue", label=ylabel
+    )
+    gap = ax.bar(
+        left, conf - acc, bottom=acc, width=width, align="edge", color="tab:red", alpha=0.35,
+        label="gap to mean confidence",
+    )  # fmt: skip
+    (diag,) = ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    line = None
+    if after is not None and temperature is not None:
+        y = np.where(np.asarray(after.counts) > 0, after.accuracy, np.nan)
+        (line,) = ax.step(
+            edges, np.append(y, y[-1]), where="post", color="tab:green", lw=2,
+            label=f"after T = {temperature.temperature:.2f} (ECE {after.ece:.4f})",
+        )  # fmt: skip
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper left", fontsize=7)
+    head = f"{title}\n" if title else ""
+    ax.set_title(
+        f"{head}ECE {c.ece:.4f} · MCE {c.mce:.4f} · ACE {c.ace:.4f} ({c.n_bins} bins)", fontsize=8
+    )
+    hist = hx.bar(left, np.asarray(c.counts) / max(c.n_pixels, 1), width=width, align="edge",
+                  color="0.5")  # fmt: skip
+    if ok.any():
+        hx.set_yscale("log")  # background pixels dominate; a linear axis hides the other bins
+        hx.yaxis.set_minor_formatter(NullFormatter())
+    hx.set_xlabel("confidence (top-label)" if c.confidence == "top_label" else "p(class)")
+    hx.set_ylabel("share of pixels")
+    return {"accuracy": bars, "gap": gap, "histogram": hist, "diagonal": diag, "after": line}
+
+
 def plot_reliability(calibration: Any, *, title: str = "") -> Any:
-    """Reliability diagram over a confidence histogram.
+    """Reliability diagram over a confidence histogram, on a new figure.
 
     Parameters
     ----------
@@ -49,43 +129,8 @@ def plot_reliability(calibration: Any, *, title: str = "") -> Any:
     -------
     matplotlib.figure.Figure
     """
-    c = calibration
-    edges = np.asarray(c.bin_edges)
-    width = np.diff(edges)
-    left = edges[:-1]
     fig = _figure(figsize=(5, 6))
-    ax, hx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ok = np.asarray(c.counts) > 0
-    acc = np.where(ok, c.accuracy, 0.0)
-    conf = np.where(ok, c.mean_confidence, 0.0)
-    ax.bar(left, acc, width=width, align="edge", edgecolor="k", color="tab:blue", label="accuracy")
-    ax.bar(
-        left,
-        conf - acc,
-        bottom=acc,
-        width=width,
-        align="edge",
-        color="tab:red",
-        alpha=0.35,
-        label="gap to mean confidence",
-    )
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.set_ylabel("accuracy" if c.label_kind == "hard" else "expected agreement")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(
-        (title + "\n" if title else "")
-        + f"ECE {c.ece:.4f}  MCE {c.mce:.4f}  ACE {c.ace:.4f} ({c.n_bins} bins)",
-        fontsize=9,
-    )
-    hx.bar(left, np.asarray(c.counts) / max(c.n_pixels, 1), width=width, align="edge", color="0.5")
-    hx.set_yscale("log")  # background pixels dominate; a linear axis hides the other bins
-    from matplotlib.ticker import NullFormatter
-
-    hx.yaxis.set_minor_formatter(NullFormatter())
-    hx.set_xlabel("confidence (top-label)")
-    hx.set_ylabel("share of pixels")
+    draw_reliability(fig, calibration, title=title)
     return fig
 
 

@@ -3,7 +3,12 @@ whole project store, temperature scaling, observer variability against raters, c
 and the reliability diagram on any matplotlib ``Figure``.
 
 Moved out of ``napari_probseg._napari`` (issue 12: widgets render, they do not compute); the
-panels call these functions in worker threads, and everything here runs without Qt:
+panels call these functions in worker threads, and everything here runs without Qt. Each number
+has one computation: a store's calibration is :func:`~napari_probseg.evaluation.evaluate_store`'s
+(the merged per-image accumulators, the class view of :func:`._evaluate.class_view`), runs are
+read and checked as ``evaluate_store`` reads them, the reliability diagram is
+:func:`.plots.draw_reliability` (as in ``probseg evaluate --plots``), and the image-level numbers
+are ``core``'s (calibration, observer metrics, conformal bands):
 
 - the reference the model is compared with (:func:`make_reference`: majority of the raters, their
   soft mean, or one rater) and the class view (all classes with the top-label confidence, or one
@@ -30,7 +35,6 @@ import numpy as np
 from napari_probseg.core._serialize import to_jsonable as _jsonable
 from napari_probseg.core._validation import check_choice, check_positive_int
 from napari_probseg.core.calibration import (
-    CalibrationAccumulator,
     CalibrationResult,
     TemperatureFit,
     adaptive_ece,
@@ -40,6 +44,13 @@ from napari_probseg.core.calibration import (
 from napari_probseg.core.conformal import BandCoverage, ConformalBands
 from napari_probseg.core.observer import ObserverMetrics, observer_metrics
 from napari_probseg.core.structure import pairwise_dice, volume_cov
+from napari_probseg.evaluation._evaluate import (
+    _check_signature,
+    _skip_reason,
+    class_view,
+    evaluate_store,
+)
+from napari_probseg.evaluation.plots import draw_reliability as _draw_reliability
 from napari_probseg.store import majority_vote
 
 __all__ = [
@@ -142,19 +153,6 @@ def make_reference(
     return Reference(soft.astype(np.float64), majority, text, kind, names)
 
 
-def _class_view(probs: np.ndarray, labels: np.ndarray, class_index: int | None) -> tuple:
-    """``(probs, labels, foreground_map, confidence)`` for all classes or class-vs-rest."""
-    if class_index is None:
-        return probs, labels, False, "top_label"
-    if not 0 <= class_index < probs.shape[0]:
-        raise ValueError(f"class_index: expected 0..{probs.shape[0] - 1}, got {class_index}")
-    if np.issubdtype(labels.dtype, np.floating):
-        lab = labels[class_index]
-    else:
-        lab = (labels == class_index).astype(np.uint8)
-    return np.clip(probs[class_index], 0.0, 1.0), lab, True, "foreground"
-
-
 def class_label(class_index: int | None, class_names: Sequence[str] = ()) -> str:
     """Human description of the class view."""
     if class_index is None:
@@ -197,13 +195,16 @@ class CalibrationReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
     temperature: TemperatureFit | None = None
     after: CalibrationResult | None = None
+    #: The store evaluation a store report was taken from (None for one image).
+    evaluation: Any = field(default=None, repr=False)
 
     def text(self) -> str:
         """Multi-line summary naming the bins, the reference and the class view."""
         r = self.result
+        mean = " (mean over images)" if self.evaluation is not None else ""
         lines = [
             f"ECE {r.ece:.4f} · MCE {r.mce:.4f} · ACE {r.ace:.4f} · adaptive ECE "
-            f"{self.adaptive_ece:.4f}",
+            f"{self.adaptive_ece:.4f}{mean}",
             f"{r.n_bins} equal-width bins (adaptive: {r.n_bins} equal-mass) · "
             f"{r.n_pixels:,} pixels · {r.label_kind} labels",
             f"reference: {r.reference}",
@@ -230,6 +231,9 @@ class CalibrationReport:
             "adaptive_ece": self.adaptive_ece,
             "adaptive_bins": "equal-mass",
         }
+        if self.evaluation is not None:
+            out["adaptive_ece_of"] = "mean of the images' adaptive ECE (as probseg evaluate)"
+            out["images"] = [e.image_id for e in self.evaluation.images]
         if self.temperature is not None:
             t = self.temperature
             out["temperature"] = {
@@ -295,7 +299,7 @@ def image_calibration(
     CalibrationReport
     """
     p = np.asarray(probs)
-    p, lab, fg_map, conf = _class_view(p, np.asarray(reference.labels), class_index)
+    p, lab, fg_map, conf = class_view(p, np.asarray(reference.labels), class_index)
     result = calibration(
         p,
         lab,
@@ -343,7 +347,7 @@ def temperature_on_probs(
     z -= z.max(axis=0, keepdims=True)
     scaled = np.exp(z)
     scaled /= scaled.sum(axis=0, keepdims=True)
-    pv, lab, fg_map, conf = _class_view(scaled, np.asarray(reference.labels), class_index)
+    pv, lab, fg_map, conf = class_view(scaled, np.asarray(reference.labels), class_index)
     report.after = calibration(
         pv,
         lab,
@@ -357,13 +361,13 @@ def temperature_on_probs(
 
 
 def store_images(store: Any) -> tuple[list[str], list[dict[str, str]]]:
-    """Store images that have rater annotations and a prediction run, and the others with why."""
+    """Store images that have rater annotations and a prediction run, and the others with why
+    (the reasons of :func:`~napari_probseg.evaluation.evaluate_store`)."""
     usable, skipped = [], []
     for image_id in store.image_ids():
-        if not store.raters(image_id):
-            skipped.append({"image_id": image_id, "reason": "has no annotations"})
-        elif not store.list_predictions(image_id):
-            skipped.append({"image_id": image_id, "reason": "has no prediction run"})
+        reason = _skip_reason(store, image_id, None, "majority", None)
+        if reason:
+            skipped.append({"image_id": image_id, "reason": reason})
         else:
             usable.append(image_id)
     return usable, skipped
@@ -371,13 +375,10 @@ def store_images(store: Any) -> tuple[list[str], list[dict[str, str]]]:
 
 def _store_image_data(store: Any, image_id: str) -> tuple[Any, dict[str, np.ndarray]]:
     """The latest run and the raters' latest masks; ``ValueError`` for a run of another image."""
-    from napari_probseg.engine import image_signature
     from napari_probseg.evaluation import load_run
 
     data = load_run(store, image_id)
-    signature = data.metadata.get("input_signature")
-    if signature and image_signature(store.read_image(image_id)[0]) != signature:
-        raise ValueError(f"run {data.run_id!r} was computed from another image")
+    _check_signature(store, data)
     masks = {r: store.latest(image_id, r)[0] for r in store.raters(image_id)}
     return data, masks
 
@@ -390,10 +391,12 @@ def store_calibration(
     n_bins: int = 15,
     class_index: int | None = None,
 ) -> CalibrationReport:
-    """Calibration pooled over every store image with raters and a run (its latest run).
+    """Calibration over every store image with raters and a run (its latest run): the dataset
+    calibration of :func:`~napari_probseg.evaluation.evaluate_store`.
 
-    Per-bin sums of :class:`CalibrationAccumulator` are merged over the images (pixel-weighted);
-    the adaptive ECE sorts the pooled pixels. Images without the chosen rater, without a run or
+    The per-bin sums of each image's ``CalibrationAccumulator`` are merged (pixel-weighted, the
+    ECE/MCE/ACE ``probseg evaluate`` reports); the adaptive ECE is the mean of the images'
+    adaptive ECEs (``probseg evaluate``'s mean). Images without the chosen rater, without a run or
     whose run was computed from another image are skipped and listed.
 
     Parameters
@@ -412,52 +415,30 @@ def store_calibration(
         ``store: ...`` when no image can be evaluated.
     """
     n_bins = check_positive_int(n_bins, "n_bins")
-    ids, skipped = store_images(store)
-    acc = CalibrationAccumulator(n_bins=n_bins)
-    pooled_p: list[np.ndarray] = []
-    pooled_y: list[np.ndarray] = []
-    names: Sequence[str] = store.class_names or ()
-    description = ""
-    fg_map = False
-    conf = "top_label"
-    used = 0
-    for image_id in ids:
-        if kind == "rater" and rater not in store.raters(image_id):
-            skipped.append({"image_id": image_id, "reason": f"has no annotation by {rater!r}"})
-            continue
-        try:
-            data, masks = _store_image_data(store, image_id)
-        except ValueError as exc:
-            skipped.append({"image_id": image_id, "reason": str(exc)})
-            continue
-        k = data.probs.shape[0]
-        ref = make_reference(masks, kind=kind, rater=rater, n_classes=k)
-        if kind == "soft" and ref.labels.shape[0] != k:
-            skipped.append({"image_id": image_id, "reason": "raters use more classes than the run"})
-            continue
-        names = data.metadata.get("class_names") or names
-        p, lab, fg_map, conf = _class_view(data.probs, ref.labels, class_index)
-        acc.confidence = conf
-        acc.update(p, lab, foreground_map=fg_map)
-        # Flatten the spatial axes so that images of different shapes pool into one array.
-        pooled_p.append(p.reshape(-1) if fg_map else p.reshape(p.shape[0], -1))
-        spatial = p.shape if fg_map else p.shape[1:]
-        pooled_y.append(lab.reshape(-1) if lab.shape == spatial else lab.reshape(lab.shape[0], -1))
-        description = ref.description.replace(f"{len(masks)} raters", "the raters")
-        used += 1
-    if not used:
-        why = "; ".join(f"{s['image_id']}: {s['reason']}" for s in skipped[:3]) or "no images"
+    check_choice(kind, "kind", REFERENCE_KINDS)
+    reference = f"rater:{rater}" if kind == "rater" else kind
+    try:
+        ev = evaluate_store(store, reference=reference, n_bins=n_bins, class_index=class_index)
+    except ValueError as exc:
+        if not str(exc).startswith("store: nothing to evaluate"):
+            raise
+        why = str(exc).removeprefix("store: nothing to evaluate").strip()
         raise ValueError(
-            f"store: no image has both rater annotations and a prediction run ({why}); "
+            f"store: no image has both rater annotations and a prediction run {why}; "
             "run a model on the store's images and annotate them first"
-        )
-    acc.reference = f"{description} of each image"
-    p_all = np.concatenate(pooled_p, axis=-1)
-    y_all = np.concatenate(pooled_y, axis=-1)
-    a_ece = adaptive_ece(p_all, y_all, n_bins=n_bins, confidence=conf, foreground_map=fg_map)
+        ) from None
+    used = len(ev.images)
+    names = store.class_names or ()
+    adaptive = ev.means["adaptive_ece"].mean
     scope = f"store {store.path} ({used} image{'s' * (used != 1)}, latest run of each)"
     return CalibrationReport(
-        acc.result(), a_ece, scope, class_label(class_index, names), n_images=used, skipped=skipped
+        ev.calibration,
+        adaptive,
+        scope,
+        class_label(class_index, names),
+        n_images=used,
+        skipped=ev.skipped,
+        evaluation=ev,
     )
 
 
@@ -467,9 +448,8 @@ def store_calibration(
 def draw_reliability(fig: Any, report: CalibrationReport, *, title: str = "") -> dict[str, Any]:
     """Draw the reliability diagram of ``report`` on the matplotlib ``fig`` (cleared first).
 
-    Top: accuracy per equal-width bin (bars), the gap to the bin's mean confidence, the diagonal
-    of perfect calibration and, after a temperature fit, the accuracy after scaling (steps).
-    Bottom: the share of pixels per bin (log scale).
+    The one drawing of :func:`.plots.draw_reliability` (``probseg evaluate --plots`` draws the
+    same), with the accuracy after a temperature fit when the report has one.
 
     Returns
     -------
@@ -477,46 +457,9 @@ def draw_reliability(fig: Any, report: CalibrationReport, *, title: str = "") ->
         The artists: ``"accuracy"`` (a BarContainer with one bar per bin), ``"gap"``,
         ``"histogram"``, ``"diagonal"`` and ``"after"`` (or None).
     """
-    c = report.result
-    fig.clear()
-    ax, hx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    edges = np.asarray(c.bin_edges)
-    width, left = np.diff(edges), edges[:-1]
-    ok = np.asarray(c.counts) > 0
-    acc = np.where(ok, c.accuracy, 0.0)
-    conf = np.where(ok, c.mean_confidence, 0.0)
-    ylabel = "accuracy" if c.label_kind == "hard" else "expected agreement"
-    bars = ax.bar(
-        left, acc, width=width, align="edge", edgecolor="k", color="tab:blue", label=ylabel
+    return _draw_reliability(
+        fig, report.result, after=report.after, temperature=report.temperature, title=title
     )
-    gap = ax.bar(
-        left, conf - acc, bottom=acc, width=width, align="edge", color="tab:red", alpha=0.35,
-        label="gap to mean confidence",
-    )  # fmt: skip
-    (diag,) = ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    after = None
-    if report.after is not None and report.temperature is not None:
-        a = report.after
-        y = np.where(np.asarray(a.counts) > 0, a.accuracy, np.nan)
-        (after,) = ax.step(
-            edges, np.append(y, y[-1]), where="post", color="tab:green", lw=2,
-            label=f"after T = {report.temperature.temperature:.2f} (ECE {a.ece:.4f})",
-        )  # fmt: skip
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel(ylabel)
-    ax.legend(loc="upper left", fontsize=7)
-    head = f"{title}\n" if title else ""
-    ax.set_title(
-        f"{head}ECE {c.ece:.4f} · MCE {c.mce:.4f} · ACE {c.ace:.4f} ({c.n_bins} bins)", fontsize=8
-    )
-    hist = hx.bar(left, np.asarray(c.counts) / max(c.n_pixels, 1), width=width, align="edge",
-                  color="0.5")  # fmt: skip
-    if ok.any():
-        hx.set_yscale("log")
-    hx.set_xlabel("confidence (top-label)" if c.confidence == "top_label" else "p(class)")
-    hx.set_ylabel("share")
-    return {"accuracy": bars, "gap": gap, "histogram": hist, "diagonal": diag, "after": after}
 
 
 # ----------------------------------------------------------------------------- observer
