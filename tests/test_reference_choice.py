@@ -106,3 +106,19 @@ def test_bundled_cards_name_a_verdict_score_for_every_method(name):
     for method, entry in chosen.items():
         assert entry["epistemic"] in card.reference["methods"][method]
         assert entry["detection"][entry["epistemic"]] == max(entry["detection"].values())
+
+
+def test_probseg_models_names_the_score_each_verdict_compares(capsys):
+    import json
+
+    from napari_probseg.cli import main
+    from napari_probseg.models.registry import bundled_models
+
+    assert main(["models", "--json"]) == 0
+    entries = {e["name"]: e for e in json.loads(capsys.readouterr().out)["models"]}
+    card = bundled_models()["lesions2d-unet"]
+    compares = entries["lesions2d-unet"]["verdict_compares"]
+    assert compares["mc_dropout"] == card.reference["verdict"]["mc_dropout"]["epistemic"]
+    assert set(compares) == set(card.available_methods)
+    assert main(["models"]) == 0
+    assert "verdict compares (epistemic): " in capsys.readouterr().out

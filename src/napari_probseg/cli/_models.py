@@ -122,11 +122,21 @@ def _describe(card: Any, origin: str) -> dict:
 
 def _trained_on(card: Any) -> dict:
     """What the card says the model was trained on (``training_distribution``)."""
+    from napari_probseg.core.summary import verdict_scores
+    from napari_probseg.models.loading import method_source
+
     td = getattr(card, "training_distribution", None) or {}
+    ref = getattr(card, "reference", None)
+    compares = {}
+    if ref:
+        for method in card.available_methods:
+            keys = verdict_scores(ref, method, method_source(method))
+            compares[method] = keys["epistemic"]
     return {
         "trained_on": td.get("data") or "unknown (the card records no training distribution)",
         "synthetic": bool(td.get("synthetic", False)),
-        "has_reference": getattr(card, "reference", None) is not None,
+        "has_reference": ref is not None,
+        "verdict_compares": compares,
     }
 
 
@@ -153,6 +163,9 @@ def _run(args: argparse.Namespace) -> int:
                 else ""
             )
             print(f"    trained on: {e['trained_on']}{note}")
+            if e["verdict_compares"]:
+                pairs = ", ".join(f"{m}: {k}" for m, k in e["verdict_compares"].items())
+                print(f"    verdict compares (epistemic): {pairs}")
         if entries:
             print("(* default method)")
     for problem in problems:

@@ -41,10 +41,37 @@ __all__ = [
     "load_method",
     "load_network",
     "load_state_dict",
+    "method_source",
     "resolve_card",
 ]
 
 _MAX_LISTED = 8
+
+
+def method_source(name: str) -> tuple[str, ...]:
+    """Randomness source(s) of a card method name without building it (``"tta+ssn"`` ->
+    ``("input", "latent")``), read from the method classes.
+
+    Raises
+    ------
+    ValueError
+        Unknown method name.
+    """
+    classes: dict[str, type[Method]] = {
+        "softmax": SoftmaxMethod,
+        "mc_dropout": MCDropoutMethod,
+        "ensemble": EnsembleMethod,
+        "ssn": SSNMethod,
+        "prob_unet": ProbUNetMethod,
+        "laplace": LaplaceMethod,
+    }
+    inner = name[4:] if name.startswith("tta+") else name
+    if name in ("tta", "tta+softmax"):
+        return ("input",)
+    if inner not in classes:
+        raise ValueError(f"name: unknown method {name!r}")
+    own = tuple(classes[inner].source)
+    return ("input", *own) if name.startswith("tta+") else own
 
 
 def resolve_card(card_or_name_or_path: ModelCard | str | Path) -> ModelCard:
