@@ -360,7 +360,11 @@ def test_undefined_score_falls_back_to_the_mean_and_is_never_confident():
     s = _with_volume_spread(_summary(mi=0.001, ee=0.1), None)
     v = verdict(s, reference=ref, domain=None)
     assert v["epistemic"]["fallback_from"] == "structure/volume_cov"
-    assert v["kind"] == "confident" and v["epistemic"]["value"] == 0.001
+    assert v["epistemic"]["value"] == 0.001 and v["epistemic"]["status"] == "in_range"
+    # the fallback may flag but never clear: in range is "cannot judge", not confident
+    assert v["kind"] == "no_reference" and "may have missed" in v["sentence"]
+    s = _with_volume_spread(_summary(mi=0.05, ee=0.1), None)
+    assert verdict(s, reference=ref, domain=None)["kind"] == "unfamiliar"
 
 
 @pytest.mark.timeout(600)

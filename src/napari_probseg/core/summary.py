@@ -329,6 +329,9 @@ def verdict(
     ("review the alternatives"). A failed domain check flags it unfamiliar too. "confident" only
     when both scores are in range and the domain check did not fail; without a reference the
     verdict says the tool cannot judge what is unusual (never "confident" from a fixed ratio).
+    A score with no value for the image (no consensus foreground, every sample empty) is
+    replaced by its map's mean, which can flag the image but not clear it: in range, the
+    verdict says it cannot judge (``kind`` ``"no_reference"``), never "confident".
     """
     method = summary["method"]
     source = tuple(summary["source"])
@@ -360,7 +363,14 @@ def verdict(
     has_reference = epi["status"] != "no_reference" and (
         not decomposed or ale["status"] != "no_reference"
     )
-    undefined = [c for c in (epi, ale) if c.get("key") and c["status"] == "undefined"]
+    # A fallback may raise a flag but never make the verdict confident: the chosen score was
+    # chosen for being informative, and it has no value here (e.g. the model sees no lesion).
+    undefined = [
+        c
+        for c in (epi, ale)
+        if c.get("key")
+        and (c["status"] == "undefined" or (c.get("fallback_from") and c["status"] == "in_range"))
+    ]
     n = summary.get("n_samples")
     n_text = f", N = {n}" if n else ""
     fell_back = [c for c in (epi, ale) if c.get("fallback_from")]
@@ -405,10 +415,15 @@ def verdict(
     elif undefined:
         # never "confident" on a score that has no value for this image
         kind = "no_reference"
-        action = "review the highlighted regions"
+        action = "review the whole image: the model may have missed the structure"
         parts.append(
             "its "
-            + " and ".join(named(c) for c in undefined)
+            + " and ".join(
+                f"{c['label']} ({_AGGREGATION_TEXT.get(c['fallback_from'].split('/', 1)[1], c['fallback_from'])})"
+                if c.get("fallback_from")
+                else named(c)
+                for c in undefined
+            )
             + " has no value for this image, so the tool cannot judge whether its uncertainty "
             "is unusual"
         )
@@ -442,8 +457,8 @@ def verdict(
     if fell_back:
         parts.append(
             " and ".join(f"{c['fallback_from']}" for c in fell_back)
-            + " has no value for this image (no consensus foreground, or every sample empty), "
-            "so the mean over the image was compared instead"
+            + " has no value for this image (no consensus foreground, or every sample empty); "
+            "the mean over the image was compared instead, which can flag but not clear it"
         )
     sentence = f"{label}: " + "; ".join(parts) + f". Suggested: {action}."
     caveat = LATENT_CAVEAT if "latent" in source else CAVEAT

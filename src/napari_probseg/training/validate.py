@@ -234,7 +234,8 @@ def _report(results: dict, *, n_images: int, seed: int, n_samples: int, sev: int
         "check failed) says unfamiliar (single-pass methods: uncertain); the other rows: the "
         "epistemic map per aggregation above that quantile. Epistemic map: mutual information "
         "(parameter/input randomness), expected entropy (latent, review eq. 42), predictive "
-        "entropy (single pass).\n"
+        "entropy (single pass). *cannot judge*: the verdict's score has no value for the image "
+        "(no consensus foreground, every sample empty) and its mean does not flag it.\n"
     )
     print(
         "| method | score | reference q0.95 | "
@@ -254,12 +255,12 @@ def _report(results: dict, *, n_images: int, seed: int, n_samples: int, sev: int
         shares = {}
         for s in SHIFT_SEVERITIES:
             rows = r["per"][s]
-            ci = share(
-                [_flagged(row_verdict(x, name, r["source"], r["card_reference"])) for x in rows]
-            )
+            verdicts = [row_verdict(x, name, r["source"], r["card_reference"]) for x in rows]
+            ci = share([_flagged(v) for v in verdicts])
             shares[s] = ci
             ood = np.mean([not (x["domain"] or {}).get("in_domain", True) for x in rows])
-            cells.append(f"{ci.text('.2f')} ({ood:.2f})")
+            unsure = np.mean([v["kind"] == "no_reference" for v in verdicts])
+            cells.append(f"{ci.text('.2f')} ({ood:.2f}; cannot judge {unsure:.2f})")
         flags[name] = shares
         print(f"| {name} | **verdict** ({chosen}) | | " + " | ".join(cells) + " |")
         for aggregation in ("mean", "foreground_normalized", "patch_max"):
