@@ -10,7 +10,8 @@ foreground-normalized, patch max) and, for sampling methods whose spread is not 
 spread of the segmented volume over the samples (``structure/volume_cov``): the candidate whose
 verdict rule (above the reference's 0.95 quantile, undefined values falling back to the mean)
 flags most of *other held-out images at the strongest shift* of ``make_lesions`` (severity 3;
-2D: 32 images, seed 6001), ties to the earlier candidate. Why a choice at all: with per-image normalisation
+2D: 32 images, seed 6001; 3D: the 4 reference volumes shifted, a weak choice), ties to the
+earlier candidate. Why a choice at all: with per-image normalisation
 the mean MI of MC dropout does not rise under the contrast shift (ratio 1.00 on 48 held-out
 images) while its volume spread does (3.4x). The choice never sees ``make validate``'s images (seed 4000); a different kind of shift may still be missed, and every
 surface names the score it compared.
@@ -42,7 +43,7 @@ __all__ = ["REFERENCE", "REFERENCE_SAMPLES", "build_reference", "choose_verdict_
 #: exceeded it on 19 %, the foreground-normalized scores on 19-27 %).
 REFERENCE = {2: (96, 6000), 3: (4, 6100)}
 #: n_images, seed of the other held-out set whose strongest-shift copies choose the verdict's score.
-CHOICE = {2: (32, 6001), 3: (4, 6101)}
+CHOICE = {2: (32, 6001), 3: (4, 6100)}  # 3D: the 4 reference volumes themselves (weak)
 REFERENCE_SAMPLES = 16  # the engine's default N
 #: Aggregations of the epistemic map the verdict may compare.
 CANDIDATE_AGGREGATIONS = ("mean", "foreground_normalized", "patch_max")
