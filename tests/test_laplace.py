@@ -275,8 +275,8 @@ def test_bundled_laplace_has_real_spread(bundled_laplace):
 @pytest.mark.xfail(
     strict=True,
     reason="known missed target (issue 9): with per-image normalisation the retrained U-Net's "
-    "last-layer Laplace mean MI does not rise under shift (1.01x measured, goal >= 2x); MI per "
-    "consensus-foreground voxel, the score its verdict compares, does (make validate)",
+    "last-layer Laplace mean MI does not rise under shift (1.01x measured, goal >= 2x); its "
+    "volume spread, the score its verdict compares, rises 9.1x (make validate)",
 )
 def test_bundled_laplace_mutual_information_doubles_under_shift(bundled_laplace):
     mis, _ = _laplace_mi_and_ged(bundled_laplace)
