@@ -37,6 +37,10 @@ from napari_probseg.engine._types import Cancelled, PredictionResult, Progress
 
 #: Relative difference between the image spacing and the card's above which a warning is given.
 SPACING_RTOL = 0.05
+#: Most hypotheses one prediction may draw: time, the carried overlap rows and the uint8
+#: samples all grow linearly with N, and beyond ~1000 the Monte-Carlo error of the maps no
+#: longer shrinks visibly (it falls as 1/sqrt(N)). ``predict`` refuses more before computing.
+MAX_SAMPLES = 1024
 
 
 def predict(
@@ -57,6 +61,7 @@ def predict(
     memory_budget_bytes: float | None = None,
     output: Any = None,
     streaming: bool | None = None,
+    map_dtype: str = "float32",
 ) -> Generator[Progress, None, PredictionResult]:
     """Sample segmentation hypotheses of an image and stream them into uncertainty maps.
 
@@ -90,7 +95,8 @@ def predict(
         A sampling method (``napari_probseg.models.load_method``); its ``card`` attribute, when
         present, supplies the patch size, normalization, spacing and sha256.
     n_samples : int
-        Samples N to draw (forced to 1 for deterministic methods; the change is recorded).
+        Samples N to draw, 1 to :data:`MAX_SAMPLES` (forced to 1 for deterministic methods;
+        the change is recorded).
     seed : int
         Seed (>= 0). The same seed and device give the same samples whatever the batch size or
         memory budget.
@@ -121,6 +127,8 @@ def predict(
         A zarr directory to create (the :func:`save_result` layout): maps and uint8 samples are
         written into it slab by slab and ``result.maps`` / ``result.samples`` are zarr arrays
         read from it (implies ``streaming``). Must not exist.
+    map_dtype : {"float32", "float16"}
+        Storage dtype of the maps in the ``output`` store (in-memory maps are float32).
     streaming : bool, optional
         Walk the image slab by slab (``engine/_stream.py``: memory of a slab, not of the image).
         None (default): only when the whole-image path would not fit in the available memory
@@ -142,12 +150,14 @@ def predict(
         estimated memory exceeds what is available even slab by slab; the message gives both.
     """
     check_cancel = cancel_checker(cancel)
+    n_req = check_samples(n_samples)
     if getattr(method, "whole_image", False):  # nnU-Net, MONAI bundle: models/protocol.py
         from napari_probseg.engine._external import predict_whole_image
 
         return predict_whole_image(image, method, n_samples=n_samples, seed=seed, device=device,
                                    scale=scale, check_cancel=check_cancel, keep_samples=keep_samples)  # fmt: skip
-    n_req = check_positive_int(n_samples, "n_samples")
+    if map_dtype not in ("float32", "float16"):
+        raise ValueError(f"map_dtype: expected 'float32' or 'float16', got {map_dtype!r}")
     if output is not None:
         from pathlib import Path
 
@@ -208,7 +218,19 @@ def predict(
         budget=memory_budget_bytes,
         output=output,
         streaming=streaming,
+        map_dtype=map_dtype,
     )
+
+
+def check_samples(n_samples: Any) -> int:
+    """Return ``n_samples`` as an int in 1..:data:`MAX_SAMPLES`, else raise ``ValueError``."""
+    n = check_positive_int(n_samples, "n_samples")
+    if n > MAX_SAMPLES:
+        raise ValueError(
+            f"n_samples: at most {MAX_SAMPLES} samples per prediction, got {n} (time and "
+            "memory grow linearly with N; the maps' Monte-Carlo error falls only as 1/sqrt(N))"
+        )
+    return n
 
 
 def run_prediction(
@@ -351,6 +373,7 @@ def _run(
     budget: float | None,
     output: Any = None,
     streaming: bool | None = None,
+    map_dtype: str = "float32",
 ) -> Generator[Progress, None, PredictionResult]:
     import torch
 
@@ -503,6 +526,7 @@ def _run(
             keep_samples=keep_samples,
             output=output,
             label_dtype=label_dtype,
+            map_dtype=map_dtype,
             warn=warn,
         )
         maps, samples, b, output_path = result
@@ -1017,6 +1041,7 @@ def _run_slab_mode(
     output: Any,
     label_dtype: Any,
     warn: Callable[..., None],
+    map_dtype: str = "float32",
 ) -> Generator[Progress, None, tuple]:
     """Allocate the outputs (numpy, or a zarr store at ``output``), run the slabs, build maps."""
     from napari_probseg.core.uncertainty import UncertaintyMaps
@@ -1041,6 +1066,7 @@ def _run_slab_mode(
             spatial=spatial,
             keep_samples=keep_samples,
             label_dtype=label_dtype,
+            map_dtype=map_dtype,
         )
     else:
         outputs = {
