@@ -248,37 +248,105 @@ def estimate_memory(
     tile_voxels: int,
     input_bytes: float,
     input_in_memory: bool,
-    slab_rows: int,
-    final_rows: int,
-    carry_rows: int,
+    stream: dict,
     keep_samples: bool,
     outputs_in_memory: bool,
     activation_bytes: float,
 ) -> MemoryEstimate:
     """Estimate the peak memory of a prediction before running it.
 
-    ``mode`` is ``"whole"`` (whole-image buffers) or ``"slab"`` (:mod:`engine._stream`);
-    ``activation_bytes`` is the network's working memory for one batch on one tile.
+    ``mode`` is ``"whole"`` (whole-image buffers) or ``"slab"`` (``engine/_slabs.py``);
+    ``stream`` the voxels per sample and class of the streaming buffers
+    (:func:`napari_probseg.engine._slabs.geometry`); ``activation_bytes`` the network's working
+    memory for one batch on one tile. The slab-to-slab carry lives on disk when the outputs do.
     """
     k, n, b = int(n_classes), int(n_samples), int(batch)
     v = float(np.prod(image_shape))
-    plane = float(np.prod(padded_shape[1:])) if len(padded_shape) > 1 else 1.0
     parts: dict[str, float] = {"process": PROCESS_BASELINE_BYTES}
     parts["input"] = input_bytes if input_in_memory else 0.0
     if mode == "whole":
         vp = float(np.prod(padded_shape))
         parts["normalized input"] = vp * 4 * 2  # float64 pass inside normalize, float32 result
         parts["blend buffer"] = b * k * vp * 4
+        parts["weight sums"] = vp * 4
         parts["accumulator"] = (2 * k + 1) * v * 8
     else:
-        slab = slab_rows * plane
-        parts["normalized input"] = slab * 4 + 8 * plane * 8
-        parts["blend buffer"] = b * k * slab * 4
-        parts["carry"] = n * k * carry_rows * plane * 4
-        parts["accumulator"] = (2 * k + 1) * final_rows * plane * 8 + (
-            2 * k + 3
-        ) * final_rows * plane * 4
+        plane = float(np.prod(padded_shape[1:])) if len(padded_shape) > 1 else 1.0
+        parts["normalized input"] = stream["slab_input"] * 4.0 * 2 + 8 * plane * 8
+        parts["blend buffer"] = b * k * stream["buffer"] * 4.0
+        row_carry = 0.0 if not outputs_in_memory else n * k * stream["row_carry"] * 4.0
+        parts["carry"] = row_carry + n * k * stream["col_carry"] * 4.0
+        final = float(stream["final"])
+        parts["accumulator"] = (2 * k + 1) * final * 8 + (2 * k + 4) * final * 4
     parts["network"] = float(activation_bytes) + b * k * tile_voxels * 4
     parts["samples"] = n * v if keep_samples and outputs_in_memory else 0.0
     parts["maps"] = (2 * k + 3) * v * 4 if outputs_in_memory else 0.0
     return MemoryEstimate(parts=parts, mode=mode)
+
+
+class RowCarry:
+    """The blended overlap rows one slab hands to the next: ``(N, K, O, C1, *rest)`` float32.
+
+    ``O`` rows of the first spatial axis (the most any slab carries), ``C1`` columns of the
+    second. Read and written by sample and column ranges (a strip of a slab at a time), in place:
+    a strip reads the rows the previous slab left for its columns, then writes its own. In
+    memory, or (``directory`` given: an output store streams to disk) in a scratch file laid out
+    column by column, so the largest buffer of a volume (``N*K*O`` planes) never lives in RAM.
+    """
+
+    def __init__(
+        self,
+        n_samples: int,
+        n_classes: int,
+        rows: int,
+        plane: tuple[int, ...],
+        *,
+        directory: Any = None,
+    ) -> None:
+        self.n, self.k, self.rows = int(n_samples), int(n_classes), int(rows)
+        self.cols, self.rest = int(plane[0]), tuple(int(s) for s in plane[1:])
+        self.block = (self.k, self.rows, *self.rest)  # one sample of one column
+        self.block_bytes = int(np.prod(self.block)) * 4
+        self.path = None
+        self.array = None
+        self.fd = -1
+        if directory is None:
+            self.array = np.zeros((self.n, self.k, self.rows, self.cols, *self.rest), np.float32)
+        else:
+            from pathlib import Path
+
+            self.path = Path(directory) / ".row-carry.scratch"
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(self.fd, self.cols * self.n * self.block_bytes)  # sparse zeros
+
+    def add_into(self, out: np.ndarray, s0: int, s1: int, c0: int, c1: int, rows: int) -> None:
+        """``out[:, :, :rows, :c1 - c0] +=`` the carried rows of samples ``s0:s1``, columns
+        ``c0:c1``."""
+        if self.array is not None:
+            out[:, :, :rows, : c1 - c0] += self.array[s0:s1, :, :rows, c0:c1]
+            return
+        nbytes = (s1 - s0) * self.block_bytes
+        for c in range(c0, c1):
+            raw = os.pread(self.fd, nbytes, (c * self.n + s0) * self.block_bytes)
+            blk = np.frombuffer(raw, np.float32).reshape(s1 - s0, *self.block)
+            out[:, :, :rows, c - c0] += blk[:, :, :rows]
+
+    def store(self, data: np.ndarray, s0: int, s1: int, c0: int) -> None:
+        """Keep ``data`` ``(s1 - s0, K, r, c, *rest)`` (r <= O rows) for the next slab."""
+        r, c = data.shape[2], data.shape[3]
+        if self.array is not None:
+            self.array[s0:s1, :, :r, c0 : c0 + c] = data
+            return
+        blk = np.zeros((s1 - s0, *self.block), np.float32)
+        for j in range(c):
+            blk[:, :, :r] = data[:, :, :, j]
+            os.pwrite(self.fd, blk.tobytes(), ((c0 + j) * self.n + s0) * self.block_bytes)
+
+    def close(self) -> None:
+        """Free the rows (delete the scratch file)."""
+        self.array = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
