@@ -230,7 +230,7 @@ def test_zarr_volume_larger_than_the_memory_limit_is_read_slab_by_slab(tmp_path,
     limit = need + 1e4
     assert limit < img.nbytes < ref.provenance["memory"]["additional_bytes"]
     monkeypatch.setenv("PROBSEG_MEMORY_LIMIT", str(limit))
-    with pytest.raises(MemoryError, match="^image: "):  # the whole path cannot hold it
+    with pytest.raises(MemoryError, match=r"^image: "):  # the whole path cannot hold it
         engine.run_prediction(img, method, streaming=False, output=None, **kw)
     log = _ReadLog(z)
     log.install(monkeypatch)
