@@ -39,8 +39,10 @@ from napari_probseg.engine._windows import (
     install_cancel_hooks,
 )
 
-#: Rows of the first axis finalised at a time when one batch holds every sample.
+#: Most rows of the first axis finalised at a time (the accumulator's float64 temporaries).
 FINAL_CHUNK_ROWS = 8
+#: Most probabilities (samples x classes x voxels) finalised at a time.
+FINAL_CHUNK_VALUES = 1 << 20
 
 
 def strip_plan(plan: TilePlan, spatial_dims: int) -> bool:
@@ -105,15 +107,35 @@ def _normalize_rows(block: np.ndarray, spec: dict, rows: int = 8) -> np.ndarray:
     return out
 
 
-def _write_maps(outputs: dict, maps: Any, region: tuple) -> np.ndarray:
-    """Write a region's maps into ``outputs``; return its per-sample volumes."""
-    for name in ("mean_probs", "variance"):
-        outputs[name][(slice(None), *region)] = np.asarray(getattr(maps, name), np.float32)
+def _region_maps(k: int, shape: tuple[int, ...]) -> dict:
+    """float32 maps of one finalised region, filled chunk by chunk, written at once."""
+    out = {name: np.empty((k, *shape), np.float32) for name in ("mean_probs", "variance")}
     for name in ("predictive_entropy", "expected_entropy", "mutual_information"):
-        outputs[name][region] = np.asarray(getattr(maps, name), np.float32)
-    outputs.setdefault("foreground_classes", tuple(maps.foreground_classes))
-    outputs.setdefault("units", maps.units)
+        out[name] = np.empty(shape, np.float32)
+    return out
+
+
+def _fill_maps(region_maps: dict, maps: Any, rows: slice) -> np.ndarray:
+    """Copy a chunk's maps into ``rows`` of the region's maps; return its per-sample volumes."""
+    for name, dst in region_maps.items():
+        if name in ("mean_probs", "variance"):
+            dst[:, rows] = getattr(maps, name)
+        elif not name.startswith("_"):
+            dst[rows] = getattr(maps, name)
+    region_maps.setdefault("_foreground_classes", tuple(maps.foreground_classes))
+    region_maps.setdefault("_units", maps.units)
     return np.asarray(maps.volumes, np.float64)
+
+
+def _write_maps(outputs: dict, region_maps: dict, region: tuple) -> None:
+    """Write a region's maps into ``outputs`` (numpy or zarr arrays)."""
+    for name in ("mean_probs", "variance"):
+        outputs[name][(slice(None), *region)] = region_maps[name]
+    for name in ("predictive_entropy", "expected_entropy", "mutual_information"):
+        outputs[name][region] = region_maps[name]
+    if "_foreground_classes" in region_maps:
+        outputs.setdefault("foreground_classes", region_maps["_foreground_classes"])
+        outputs.setdefault("units", region_maps["_units"])
 
 
 def run_slabs(
@@ -176,7 +198,12 @@ def run_slabs(
             n_final = min(slab.final, spatial[0]) - slab.lo  # image rows this slab finalises
             carry_out = slab.hi - slab.final
             strips = strips_of(slab, plan, split)
-            col_carry = None  # (N, K, rows, cols, *rest) from the previous strip
+            # blended columns one strip hands to the next, (N, K, rows, cols, *rest); in place
+            col_max = max(st.hi - st.final for st in strips)
+            col_carry = (
+                np.empty((n_total, k, rows, col_max, *padded[2:]), np.float32) if col_max else None
+            )
+            col_in = 0
             for si, strip in enumerate(strips):
                 cols = strip.hi - strip.lo
                 n_cols = strip.final - strip.lo  # padded columns this strip completes
@@ -188,22 +215,25 @@ def run_slabs(
                     slice(strip.lo, strip.lo + img_cols),
                 )
                 finalise = n_final > 0 and img_cols > 0
+                per_row = max(1, img_cols * int(np.prod(spatial[2:])))  # voxels of a final row
                 ws = None
                 if finalise and plan.tiled:
                     inner = region[n_lead:]  # over the model's axes (a plane in slice mode)
                     ws = plan.weight_sum_region(
                         (*inner, *(slice(None),) * (int(method.spatial_dims) - len(inner)))
                     )
-                chunks = range(0, n_final, FINAL_CHUNK_ROWS) if finalise else range(0)
-                accs = [acc() for _ in chunks]
-                next_col_carry = None
+                # rows finalised at a time: their float64 temporaries stay ~8 MB per sample
+                step = max(1, min(FINAL_CHUNK_ROWS, FINAL_CHUNK_VALUES // (n_total * k * per_row)))
+                chunks = range(0, n_final, step) if finalise else range(0)
+                accs = [acc() for _ in chunks]  # for batches of fewer than N samples
+                maps = _region_maps(k, (n_final, img_cols, *spatial[2:])) if finalise else None
                 done = 0
                 while done < n_total:
                     bj = min(b, n_total - done)
                     buf = torch.zeros((bj, k, rows, cols, *padded[2:]), dtype=torch.float32)
                     bnp = buf.numpy()
-                    if col_carry is not None:
-                        bnp[:, :, :, : col_carry.shape[3]] += col_carry[done : done + bj]
+                    if col_in:
+                        bnp[:, :, :, :col_in] += col_carry[done : done + bj, :, :, :col_in]
                     if row_carry is not None and carried:
                         row_carry.add_into(bnp, done, done + bj, strip.lo, strip.final, carried)
                     label = (
@@ -245,12 +275,8 @@ def run_slabs(
                             f"out of memory on {dev} with {bj} samples per batch; retrying with {b}"
                         )
                         continue
-                    if col_out > 0:
-                        if next_col_carry is None:
-                            next_col_carry = np.empty(
-                                (n_total, k, rows, col_out, *padded[2:]), np.float32
-                            )
-                        next_col_carry[done : done + bj] = bnp[:, :, :, cols - col_out :]
+                    if col_out > 0:  # in place: this batch's incoming columns were added above
+                        col_carry[done : done + bj, :, :, :col_out] = bnp[:, :, :, cols - col_out :]
                     if carry_out > 0:
                         row_carry.store(
                             bnp[:, :, rows - carry_out :, :n_cols], done, done + bj, strip.lo
@@ -261,33 +287,34 @@ def run_slabs(
                             fin /= ws  # in place: the carried rows and columns were copied out
                         fin = fin[(Ellipsis, *(slice(0, s) for s in spatial[2:]))]
                         probs_np = fin.numpy()  # a view: no copy of the strip's samples
+                        keep = outputs.get("samples") is not None
+                        labels = (
+                            np.empty((bj, *probs_np.shape[2:]), outputs["samples"].dtype)
+                            if keep
+                            else None
+                        )
                         for c, a in enumerate(chunks):
-                            part = acc() if bj == n_total else accs[c]
-                            part.update(probs_np[:, :, a : a + FINAL_CHUNK_ROWS])
-                            if bj == n_total:  # every sample at once: write the chunk now
-                                sub = (
-                                    slice(
-                                        slab.lo + a, slab.lo + min(n_final, a + FINAL_CHUNK_ROWS)
-                                    ),
-                                    region[1],
-                                )
-                                volumes += _write_maps(outputs, part.result(), sub)
-                        if outputs.get("samples") is not None:
-                            labels = np.empty((bj, *probs_np.shape[2:]), outputs["samples"].dtype)
-                            argmax_into(probs_np, labels)
+                            rows_c = slice(a, a + step)
+                            if bj == n_total:  # every sample at once: the chunk's maps now
+                                part = acc()
+                                part.update(probs_np[:, :, rows_c])
+                                volumes += _fill_maps(maps, part.result(), rows_c)
+                            else:
+                                accs[c].update(probs_np[:, :, rows_c])
+                            if keep:
+                                argmax_into(probs_np[:, :, rows_c], labels[:, rows_c])
+                        if keep:
                             outputs["samples"][(slice(done, done + bj), *region)] = labels
-                        del fin, probs_np
+                        del fin, probs_np, labels
                     buf = bnp = None
                     done += bj
                 for c, a in enumerate(chunks):  # batches of fewer than N samples: now complete
                     if accs[c].n_samples:
-                        sub = (
-                            slice(slab.lo + a, slab.lo + min(n_final, a + FINAL_CHUNK_ROWS)),
-                            region[1],
-                        )
-                        volumes += _write_maps(outputs, accs[c].result(), sub)
-                    accs[c] = None  # free each chunk's sums once written
-                col_carry = next_col_carry
+                        volumes += _fill_maps(maps, accs[c].result(), slice(a, a + step))
+                    accs[c] = None  # free each chunk's sums once used
+                if finalise:
+                    _write_maps(outputs, maps, region)  # one write per strip and map
+                col_in = col_out
             carried = carry_out
             del x_block
     finally:
