@@ -28,7 +28,13 @@ import numpy as np
 
 from napari_probseg.engine._device import is_out_of_memory
 from napari_probseg.engine._normalize import normalize
-from napari_probseg.engine._stream import LazyImage, RowCarry, frozen_normalization, read_rows
+from napari_probseg.engine._stream import (
+    LazyImage,
+    RowCarry,
+    frozen_normalization,
+    read_rows,
+    release_freed_memory,
+)
 from napari_probseg.engine._tiling import Slab, TilePlan, group_windows, pad_image, slabs
 from napari_probseg.engine._types import Progress
 from napari_probseg.engine._windows import (
@@ -315,6 +321,7 @@ def run_slabs(
                 if finalise:
                     _write_maps(outputs, maps, region)  # one write per strip and map
                 col_in = col_out
+                release_freed_memory()  # the strip's buffers, back to the system
             carried = carry_out
             del x_block
     finally:

@@ -284,6 +284,29 @@ def estimate_memory(
     return MemoryEstimate(parts=parts, mode=mode)
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed by the C allocator back to the system (glibc ``malloc_trim``; a no-op
+    elsewhere). Tensors of a tile's network pass are freed in the allocator's per-thread arenas,
+    which otherwise keep them and grow the process's RSS strip after strip."""
+    global _TRIM
+    if _TRIM is None:
+        _TRIM = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            libc = ctypes.CDLL(name) if name else None
+            _TRIM = getattr(libc, "malloc_trim", False) or False
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
 class RowCarry:
     """The blended overlap rows one slab hands to the next: ``(N, K, O, C1, *rest)`` float32.
 
