@@ -89,9 +89,11 @@ def predict(
 
     Before computing, the memory of that path is estimated (image size, K, N, tile plan, dtype)
     and compared with what the process may still allocate; when it does not fit, the engine
-    streams slab by slab instead (``engine/_stream.py``: memory of one slab of tiles, outputs
-    optionally on disk via ``output``), and when even that does not fit it raises
-    ``MemoryError`` at once, saying how much is needed and how much is available.
+    streams slab by slab instead (``engine/_slabs.py``: memory of one strip of tiles of a slab,
+    outputs optionally on disk via ``output``), and when even that does not fit it raises
+    ``MemoryError`` at once, saying how much is needed and how much is available. Streaming, all
+    N samples usually fit one batch, so methods whose network body is shared by the hypotheses
+    (``shared_body``: SSN, prob. U-Net, Laplace) run it once per tile.
 
     Parameters
     ----------
@@ -138,7 +140,7 @@ def predict(
     map_dtype : {"float32", "float16"}
         Storage dtype of the maps in the ``output`` store (in-memory maps are float32).
     streaming : bool, optional
-        Walk the image slab by slab (``engine/_stream.py``: memory of a slab, not of the image).
+        Walk the image slab by slab (``engine/_slabs.py``: memory of a strip, not of the image).
         None (default): only when the whole-image path would not fit in the available memory
         (estimated before computing), the input is a zarr/dask array, or ``output`` is given.
         The samples are the same either way (up to float rounding of the maps).

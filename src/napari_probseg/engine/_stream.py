@@ -1,19 +1,17 @@
-"""Streaming prediction of big volumes: slabs of tiles, lazy inputs, memory estimates.
+"""Streaming prediction of big volumes: lazy inputs, memory estimates, the slab-to-slab carry.
 
 The whole-image path of :func:`napari_probseg.engine.predict` blends each sample batch into one
 ``(b, K, *image)`` buffer and keeps ``(2K + 1)`` float64 sums per voxel for the whole image (about
-24x the input of a CT volume). The slab path here walks the tile plan one *slab* at a time (the
-tiles that share their start along the first spatial axis, or one plane in slice-by-slice mode):
-for every sample batch it blends the slab's tiles into a ``(b, K, P0, *rest)`` buffer, finalises
-the rows no later tile touches (all N samples: an accumulator of the slab alone, maps and uint8
-labels written into the output arrays, on disk when an output store is given) and carries the
-blended overlap rows to the next slab. Hypothesis ``i`` is the same in every slab and batch
-(``Method.sample(..., first_index=i)``), so the result equals the whole-image path's up to float
-rounding. Inputs that are zarr or dask arrays are read slab by slab, never whole.
+24x the input of a CT volume). The streaming path (``engine/_slabs.py``) walks the tile plan slab
+by slab and, in a volume, strip by strip, finalising the voxels no later tile touches and
+carrying the rest (:class:`RowCarry` between slabs, on disk beside an output store). Inputs that
+are zarr or dask arrays are read slab by slab here (:class:`LazyImage`), never whole; their
+normalization statistics are computed slab by slab too (:func:`frozen_normalization`).
 
-Memory of the slab path: the slab's input, ``b*K*P0*R`` float32 blend buffer, ``N*K*O*R`` float32
-carry (O = overlap rows), ``(2K+1)*F*R`` float64 sums (F = final rows of a slab) and the network's
-activations, where ``R`` is the size of a plane; the outputs live in the output store.
+Memory of the streaming path (:func:`estimate_memory`): the slab's input, ``b*K*P0*P1*X``
+float32 strip buffer, ``N*K*P0*O1*X`` float32 column carry, ``N*K*O0*Y*X`` float32 row carry
+(none in memory when an output store is given), a strip's final region of maps and the network's
+activations; the outputs live in the output store.
 """
 
 from __future__ import annotations
