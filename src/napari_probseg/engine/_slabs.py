@@ -32,6 +32,7 @@ from napari_probseg.engine._stream import (
     LazyImage,
     RowCarry,
     frozen_normalization,
+    large_blocks_from_the_system,
     read_rows,
     release_freed_memory,
 )
@@ -190,6 +191,8 @@ def run_slabs(
 
     def acc() -> Any:
         return UncertaintyAccumulator(k, spatial_dims=len(spatial))
+
+    large_blocks_from_the_system()  # tile tensors mapped and unmapped whole: no fragmentation
 
     try:
         for gi, slab in enumerate(groups):
