@@ -19,10 +19,9 @@ Measured here (2 cores shared with other jobs, load average 4-9; times indicativ
   1.78 GB = 5.64x the input (3.2x above the process with the input), 1.0 body pass per tile
   (batch 16), 1433 s (24 min); before the
   strips: 2 passes per tile (batch 8 + 8) and ~11x (estimated; the run took > 25 min).
-- ``softmax``, measured the session before (before strips): 1.79 GB = 5.7x, 155 s; before slab
-  streaming: 7.47 GB (24x). Not re-measured after the strips (no time on this machine); expected
-  lower: its strip buffer is 16 MB instead of a slab's 134 MB, and the whole-volume weight-sum
-  map (0.31 GB) and the in-memory slab carry are gone.
+- ``softmax``, 2026-12-02 (load ~2): peak RSS 1.14 GB = 3.64x the input (1.2x above the process
+  with the input), 1.0 body pass per tile, 272 s; the session before (slabs without strips):
+  1.79 GB = 5.7x, 155 s; before slab streaming: 7.47 GB (24x).
 
 Where the memory of SSN N = 16 goes (512^2 planes): the process with torch and the model
 ~0.43 GB, the input 0.31 GB, one strip's blend buffer of all 16 samples (16 x 2 x 64 x 64 x 512
