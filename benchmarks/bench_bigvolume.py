@@ -9,13 +9,31 @@ model, streaming maps and uint8 samples into a zarr output store (``predict(...,
 - ``ssn`` N = 16 from a zarr input on disk (read slab by slab, never loaded whole).
 
 Printed per case: ``rss_over_input`` = peak RSS / input bytes, ``extra_over_input`` = (peak RSS -
-RSS after importing torch and loading the model) / input bytes, ``body_passes_per_tile``, time.
-Measured here (2 shared cores), softmax on 300 x 512 x 512: peak RSS 1.79 GB = 5.7x the input
-(3.2x above the process baseline), 726 tiles, 155 s; before slab streaming: 7.47 GB (24x).
-The default volume is 64 x 192 x 192 (2 cores shared with other jobs: the issue's 512 x 512 x 300
-CT volume takes tens of minutes per method here); ``--full`` runs 300 x 512 x 512. On small
-volumes the fixed ~0.35 GB of torch and the ~0.3 GB of 3D U-Net activations per 64^3 tile dwarf
-the input, so ``rss_over_input`` only approaches its asymptote on big volumes.
+RSS after importing torch, loading the model and making the input) / input bytes,
+``body_passes_per_tile``, time.
+
+Measured here (2 cores shared with other jobs, load average 4-9; times indicative only), on
+300 x 512 x 512 float32 (315 MB, 726 tiles of 64^3), ``--full``:
+
+- ``ssn`` N = 16, 2026-12-01 (strips, slab carry on disk, fixed mmap threshold): peak RSS
+  1.78 GB = 5.64x the input (3.2x above the process with the input), 1.0 body pass per tile
+  (batch 16), 1433 s (24 min); before the
+  strips: 2 passes per tile (batch 8 + 8) and ~11x (estimated; the run took > 25 min).
+- ``softmax``, 2026-12-02 (load ~2): peak RSS 1.14 GB = 3.64x the input (1.2x above the process
+  with the input), 1.0 body pass per tile, 272 s; the session before (slabs without strips):
+  1.79 GB = 5.7x, 155 s; before slab streaming: 7.47 GB (24x).
+
+Where the memory of SSN N = 16 goes (512^2 planes): the process with torch and the model
+~0.43 GB, the input 0.31 GB, one strip's blend buffer of all 16 samples (16 x 2 x 64 x 64 x 512
+float32) 0.27 GB, the slab's normalised input 0.07 GB, the column carry 0.07 GB, the network's
+activations and SSN's 16 hypotheses of one 64^3 tile ~0.3 GB; the slab-to-slab carry (0.67 GB)
+is a scratch file in the output store, maps and samples are written strip by strip.
+
+The default volume is 64 x 192 x 192 (2 shared cores: the full volume takes ~30 min per method
+here); ``--full`` runs 300 x 512 x 512. On small volumes the fixed ~0.45 GB of torch and the
+~0.3 GB of 3D U-Net activations per 64^3 tile dwarf the input, so ``rss_over_input`` only
+approaches its asymptote on big volumes (64 x 192 x 192 SSN, first version of the strips:
+1.09 GB, 1.0 body pass per tile, 45 s).
 
     python -m benchmarks bigvolume [--quick] [--full] [--only softmax,ssn]
 """

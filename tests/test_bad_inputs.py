@@ -171,6 +171,9 @@ def _cli_cases() -> list[tuple[str, list[str], str]]:
          "not a valid identifier"),
         ("export-foreign", ["export", "{d}/notastore", "--format", "nnunet", "{d}/exp"],
          "not a probseg project store"),
+        ("rank-foreign", ["rank", "{d}/notastore", "--model", "{card}"],
+         "notastore is not a project store"),
+        ("rank-show-missing", ["rank", "--show", "{d}/missing.zarr"], "is not a project store"),
     ]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,132 @@ def test_end_to_end_bundled_2d_model(tmp_path, capsys):
     # a trained model finds the lesions: the consensus is not empty and not everything
     fg = float(np.asarray(group["mean_probs"][1]).mean())
     assert 0.0 < fg < 0.5
+
+
+# -- --out streams into the output store (issue 13, "Memory and scale of big volumes") --------
+
+
+def _predict_argv(model_dir, out, *extra):
+    return [
+        "predict",
+        str(model_dir / "img.npy"),
+        "--model",
+        str(model_dir / "tiny2d.json"),
+        "--method",
+        "mc_dropout",
+        "-n",
+        "3",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
+        "--json",
+        *extra,
+    ]
+
+
+def _in_memory_reference(model_dir):
+    from napari_probseg import engine
+    from napari_probseg.models import load_card, load_method
+
+    method = load_method(load_card(model_dir / "tiny2d.json"), "mc_dropout", device="cpu")
+    img = np.load(model_dir / "img.npy")
+    return engine.run_prediction(
+        img, method, n_samples=3, seed=4, device="cpu", scale=(1.0, 1.0), streaming=False
+    )
+
+
+def test_cli_out_subprocess_equals_the_in_memory_api(model_dir, tmp_path):
+    out = tmp_path / "pred.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_probseg.cli", *_predict_argv(model_dir, out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    ref = _in_memory_reference(model_dir)
+    group = zarr.open_group(str(out), mode="r")
+    assert ref.provenance["memory"]["mode"] == "whole"
+    assert group.attrs["provenance"]["memory"]["mode"] == "slab"  # streamed, not saved after
+    assert group.attrs["provenance"]["output"] == str(out)
+    np.testing.assert_array_equal(group["samples"][...], ref.samples)
+    for name in ("mean_probs", "variance", "predictive_entropy", "expected_entropy"):
+        assert group[name].dtype == np.float32
+        np.testing.assert_allclose(group[name][...], getattr(ref.maps, name), atol=1e-5)
+    np.testing.assert_allclose(group["volumes"][...], ref.maps.volumes, rtol=1e-5)
+    assert group.attrs["napari_probseg"] == {"kind": "prediction", "format_version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.zarr"]  # no temporary left
+
+
+def test_cli_out_streams_through_the_engine_output_store(model_dir, tmp_path, capsys, monkeypatch):
+    """The arrays are written by the engine's streaming path while predicting (engine._io's
+    open_stream_store), never by save_result afterwards; --overwrite of our own output streams
+    into a fresh sibling and swaps it in; float16 maps keep the layout."""
+    from napari_probseg import engine
+    from napari_probseg.engine import _io
+
+    opened: list = []
+    real_open = _io.open_stream_store
+
+    def recording_open(path, **kw):
+        tmp, arrays = real_open(path, **kw)
+        opened.append((Path(path), tmp, kw))
+        return tmp, arrays
+
+    def no_save(*a, **k):
+        raise AssertionError("save_result must not write a streamed --out")
+
+    monkeypatch.setattr(_io, "open_stream_store", recording_open)
+    monkeypatch.setattr(engine, "save_result", no_save)
+    out = tmp_path / "pred.zarr"
+    assert main(_predict_argv(model_dir, out)) == 0
+    assert len(opened) == 1 and opened[0][0] == out
+    first = json.loads(capsys.readouterr().out)
+    # --overwrite: stream into a hidden sibling, then replace our own previous output
+    assert main(_predict_argv(model_dir, out, "--overwrite", "--map-dtype", "float16")) == 0
+    assert len(opened) == 2 and opened[1][0] != out and opened[1][0].parent == out.parent
+    assert opened[1][2]["map_dtype"] == "float16"
+    second = json.loads(capsys.readouterr().out)
+    assert second["out"] == first["out"] == str(out)
+    group = zarr.open_group(str(out), mode="r")
+    assert group["mean_probs"].dtype == np.float16 and group["samples"].dtype == np.uint8
+    assert group.attrs["provenance"]["output"] == str(out)
+    ref = _in_memory_reference(model_dir)
+    np.testing.assert_array_equal(group["samples"][...], ref.samples)
+    np.testing.assert_allclose(group["mean_probs"][...], ref.maps.mean_probs, atol=1e-3)
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.zarr"]
+
+
+@pytest.mark.parametrize("where", ["/proc/x/y", "/proc/probseg-out.zarr"])
+def test_unwritable_out_fails_before_the_prediction_runs(model_dir, where, capsys, monkeypatch):
+    from napari_probseg import engine
+
+    ran: list = []
+    monkeypatch.setattr(engine, "run_prediction", lambda *a, **k: ran.append(1))
+    assert main(_predict_argv(model_dir, Path(where))) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("probseg predict: error: out: cannot create")
+    assert ran == []  # refused before loading the model or computing anything
+
+
+def test_overwrite_of_a_foreign_folder_is_refused_before_predicting(model_dir, tmp_path, capsys):
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(_predict_argv(model_dir, out, "--overwrite")) == 1
+    assert "not a probseg prediction output" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
+def test_sample_cap_cli_and_engine_agree_and_refuse_before_computing(model_dir, tmp_path, capsys):
+    from napari_probseg.cli import _predict as cli_predict
+    from napari_probseg.engine import _predict as engine_predict
+
+    assert cli_predict.MAX_SAMPLES == engine_predict.MAX_SAMPLES == 1024
+    argv = _predict_argv(model_dir, tmp_path / "o.zarr")
+    argv[argv.index("-n") + 1] = "100000"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "n_samples: expected 1..1024" in err and not (tmp_path / "o.zarr").exists()

@@ -492,3 +492,15 @@ def test_normalize_per_channel_and_errors():
         engine.parse_normalization({"kind": "window"})
     with pytest.raises(ValueError, match=r"^image: contains NaN"):
         engine.normalize(np.array([[np.nan]]), "none")
+
+
+@pytest.mark.parametrize("n", [1025, 100_000])
+def test_n_samples_above_the_cap_is_refused_at_call_time(n):
+    from napari_probseg.engine._predict import MAX_SAMPLES
+
+    method = TinyMethod()
+    with pytest.raises(ValueError, match=rf"^n_samples: at most {MAX_SAMPLES} samples .* got {n}"):
+        engine.predict(_image(), method, n_samples=n)  # the generator is not even started
+    assert method.calls == []
+    res = engine.run_prediction(_image((8, 8)), method, n_samples=1, device="cpu")
+    assert res.n_samples == 1  # small N still runs

@@ -138,3 +138,106 @@ def test_cpu_out_of_memory_is_recognised_and_halves_the_batch():
                 _image((20, 20)), method, n_samples=8, batch_size=8, streaming=streaming
             )
         assert res.provenance["batch_size_final"] == 2 and res.n_samples == 8
+
+
+# -- body passes per tile, strips, volumes larger than memory (issue 13, big volumes) ------
+
+
+@pytest.fixture(scope="module")
+def ssn3d(tmp_path_factory):
+    from model_helpers import tiny_card
+    from napari_probseg.models import load_card, load_method
+
+    path = tiny_card(tmp_path_factory.mktemp("ssn"), wrapper="ssn", spatial_dims=3)
+    return load_method(load_card(path), "ssn", device="cpu")
+
+
+def _count_body_calls(method):
+    calls = [0]
+    handle = method.network.body.register_forward_hook(
+        lambda *_: calls.__setitem__(0, calls[0] + 1)
+    )
+    return calls, handle
+
+
+def test_ssn_body_runs_once_per_tile_with_16_samples(ssn3d, tmp_path):
+    """N = 16 hypotheses of a multi-tile volume, streamed into an output store, from one body
+    pass per tile. The memory budget is one a whole-slab blend buffer of 16 samples does not fit
+    (before strips the batch was split 8 + 8: two passes per tile) but a strip of it does."""
+    assert ssn3d.shared_body
+    img = _image((24, 96, 96), seed=3)
+    kw = dict(n_samples=16, seed=1, device="cpu", patch_size=(16, 32, 32))
+    calls, handle = _count_body_calls(ssn3d)
+    try:
+        res = engine.run_prediction(
+            img, ssn3d, memory_budget_bytes=24e6, output=tmp_path / "out.zarr", **kw
+        )
+    finally:
+        handle.remove()
+    n_tiles = res.provenance["tiling"]["n_tiles"]
+    assert n_tiles == 32 and res.provenance["memory"]["mode"] == "slab"
+    assert res.provenance["batch_size"] == 16
+    assert calls[0] == n_tiles  # once per tile, whatever the N
+    ref = engine.run_prediction(img, ssn3d, streaming=False, batch_size=16, **kw)
+    _same(res, ref)  # the same hypotheses as an in-memory run of all 16 at once
+
+
+def test_strips_and_disk_carry_equal_the_whole_image_path_in_3d(tmp_path):
+    method = TinyMethod(spatial_dims=3, kernel=3)
+    img = _image((21, 30, 26), seed=4)
+    kw = dict(KW, patch_size=(8, 8, 8), batch_size=2, overlap=0.5)  # overlaps of half a tile
+    whole = engine.run_prediction(img, method, streaming=False, **kw)
+    in_memory = engine.run_prediction(img, method, streaming=True, **kw)
+    on_disk = engine.run_prediction(img, method, output=tmp_path / "o.zarr", **kw)
+    _same(in_memory, whole)
+    _same(on_disk, whole)
+    assert sorted(p.name for p in (tmp_path / "o.zarr").iterdir() if p.name.startswith(".")) == []
+
+
+class _ReadLog:
+    """Records the voxels of every read of one zarr array (the input) during a prediction."""
+
+    def __init__(self, array):
+        self.path, self.sizes, self.rows = str(array.store_path), [], []
+
+    def install(self, monkeypatch):
+        real = zarr.Array.__getitem__
+
+        def getitem(array, index):
+            block = real(array, index)
+            if str(array.store_path) == self.path:
+                self.sizes.append(int(np.size(block)))
+                self.rows.append(int(np.shape(block)[0]) if np.ndim(block) else 1)
+            return block
+
+        monkeypatch.setattr(zarr.Array, "__getitem__", getitem)
+
+
+def test_zarr_volume_larger_than_the_memory_limit_is_read_slab_by_slab(tmp_path, monkeypatch):
+    """The engine may hold less than the image: a zarr input is read a slab at a time (never
+    whole) and gives the in-memory run's result."""
+    method = TinyMethod(spatial_dims=3, kernel=3)
+    method.activation_factor = 1.0  # a two-layer network: activations ~ its output
+    img = _image((320, 32, 32), seed=5)
+    kw = dict(KW, n_samples=2, patch_size=(16, 16, 16), batch_size=1)
+    ref = engine.run_prediction(img, method, streaming=False, **kw)
+    z = zarr.create_array(
+        str(tmp_path / "img.zarr"), shape=img.shape, dtype=img.dtype, chunks=(8, 32, 32)
+    )
+    z[...] = img
+    probe = engine.run_prediction(z, method, output=tmp_path / "probe.zarr", **kw)
+    need = probe.provenance["memory"]["additional_bytes"]
+    limit = need + 1e4
+    assert limit < img.nbytes < ref.provenance["memory"]["additional_bytes"]
+    monkeypatch.setenv("PROBSEG_MEMORY_LIMIT", str(limit))
+    with pytest.raises(MemoryError, match=r"^image: "):  # the whole path cannot hold it
+        engine.run_prediction(img, method, streaming=False, output=None, **kw)
+    log = _ReadLog(z)
+    log.install(monkeypatch)
+    res = engine.run_prediction(z, method, output=tmp_path / "out.zarr", **kw)
+    assert res.provenance["memory"]["mode"] == "slab"
+    assert res.provenance["memory"]["available_bytes"] == round(limit)
+    assert log.sizes, "the input was read through zarr"
+    assert max(log.rows) <= 16 and max(log.sizes) <= 16 * 32 * 32 < img.size
+    monkeypatch.undo()
+    _same(res, ref)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from napari_probseg.cli._common import open_store, store_errors
 
 
 def register(subparsers: Any) -> None:
@@ -75,7 +76,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of --predict (0)")
     p.add_argument("--device", default="cpu", help="device of --predict (cpu)")
-    p.set_defaults(func=_store_errors(run_evaluate))
+    p.set_defaults(func=store_errors(run_evaluate))
 
     c = subparsers.add_parser(
         "calibrate",
@@ -97,30 +98,7 @@ def register(subparsers: Any) -> None:
     c.add_argument("--n-bins", type=int, default=15, help="bins of the reported ECE (15)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     c.add_argument("--json", action="store_true", help="print JSON")
-    c.set_defaults(func=_store_errors(run_calibrate))
-
-
-def _store_errors(func: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
-    """Report store errors (corruption, newer schema) as one line, exit code 1."""
-
-    def wrapped(args: argparse.Namespace) -> int:
-        from napari_probseg.cli import CLIError
-        from napari_probseg.store import StoreError
-
-        try:
-            return func(args)
-        except StoreError as exc:
-            raise CLIError(f"store: {exc}", code=1) from None
-
-    return wrapped
-
-
-def _open(path: Path, mode: str) -> Any:
-    from napari_probseg.store import ProjectStore
-
-    if not (path / "zarr.json").is_file():
-        raise FileNotFoundError(f"store: {path} is not a project store")
-    return ProjectStore.open(path, mode=mode)
+    c.set_defaults(func=store_errors(run_calibrate))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -142,7 +120,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         model, sep, method = args.predict.rpartition(":")
         if not sep or not model or not method:
             raise CLIError(f"predict: expected MODEL:METHOD, got {args.predict!r}")
-        store = _open(args.store, "r+")
+        store = open_store(args.store, "r+")
         ids = args.images or [i for i in store.image_ids() if store.raters(i)]
         if not ids:
             raise CLIError("store: no annotated images to predict")
@@ -160,7 +138,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
         run_id = next(iter(runs.values()))
     else:
-        store = _open(args.store, "r")
+        store = open_store(args.store, "r")
     result = evaluate_store(
         store,
         image_ids=args.images,
@@ -190,7 +168,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     """Run ``probseg calibrate``; return the exit code."""
     from napari_probseg.evaluation import calibrate_card
 
-    store = _open(args.store, "r")
+    store = open_store(args.store, "r")
     report = calibrate_card(
         store,
         args.model,

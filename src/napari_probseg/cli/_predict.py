@@ -123,8 +123,9 @@ def _load_input(args: argparse.Namespace, in_channels: int) -> tuple[Any, tuple[
     return image, scale, str(args.image)
 
 
-#: Most hypotheses one run may ask for (memory and time grow linearly with N).
-MAX_SAMPLES = 1024
+#: Most hypotheses one run may ask for: the engine's cap (memory and time grow linearly with N),
+#: checked here too so that a bad ``-n`` fails before anything is loaded.
+MAX_SAMPLES = 1024  # == napari_probseg.engine._predict.MAX_SAMPLES (test_cli_predict checks)
 #: Largest input magnitude accepted: float32 sums and products of larger values overflow to Inf.
 MAX_ABS_INPUT = 1e30
 
@@ -169,6 +170,39 @@ def _check_out(out: Path, *, overwrite: bool) -> None:
         os.rmdir(probe)
     except OSError as exc:
         raise CLIError(f"out: cannot create {out} ({exc.strerror or exc})", code=1) from None
+
+
+def _stream_path(out: Path) -> Path:
+    """Where the engine streams the result: ``out`` itself, or (``--overwrite`` of an existing
+    prediction output) a fresh hidden sibling that replaces ``out`` once the run succeeded."""
+    if not (out.exists() or out.is_symlink()):
+        return out
+    import uuid
+
+    return out.with_name(f".{out.name}.new-{uuid.uuid4().hex[:12]}")
+
+
+def _replace_output(new: Path, out: Path) -> None:
+    """Swap the finished result ``new`` into ``out`` (an existing prediction output of ours,
+    checked again now: only those are ever deleted)."""
+    import shutil
+
+    from napari_probseg.cli import CLIError
+    from napari_probseg.engine._io import is_prediction_output
+
+    if out.exists() or out.is_symlink():
+        if not is_prediction_output(out):
+            raise CLIError(
+                f"out: {out} changed while predicting and is no longer a probseg prediction "
+                "output; refusing to replace it",
+                code=1,
+            )
+        old = out.with_name(f".{out.name}.old-{new.name.rsplit('-', 1)[-1]}")
+        os.replace(out, old)
+        os.replace(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out)
 
 
 def _check_magnitude(image: Any, source: str) -> None:
@@ -244,38 +278,57 @@ def run(args: argparse.Namespace) -> int:
         method = load_method(card, args.method, device="cpu", trust=args.trust)
     quiet = args.json or args.quiet
     progress = _ProgressPrinter(not quiet)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            result = engine.run_prediction(
-                image,
-                method,
-                n_samples=args.n_samples,
-                seed=args.seed,
-                device=args.device,
-                batch_size=args.batch_size,
-                overlap=args.overlap,
-                scale=scale,
-                slice_by_slice=args.slice_by_slice,
-                callback=progress,
+    # Tiled methods stream maps and uint8 samples into the output store slab by slab (memory of
+    # a slab, not of the image); an --overwrite target is replaced only once the new one is done.
+    stream_to = None if getattr(method, "whole_image", False) else _stream_path(args.out)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = engine.run_prediction(
+                    image,
+                    method,
+                    n_samples=args.n_samples,
+                    seed=args.seed,
+                    device=args.device,
+                    batch_size=args.batch_size,
+                    overlap=args.overlap,
+                    scale=scale,
+                    slice_by_slice=args.slice_by_slice,
+                    callback=progress,
+                    output=stream_to,
+                    map_dtype=args.map_dtype,
+                )
+            except MemoryError as exc:
+                raise CLIError(f"memory: {exc}", code=1) from None
+        if not quiet:
+            for w in caught:
+                if issubclass(w.category, (RuntimeWarning, UserWarning)):
+                    print(f"probseg predict: warning: {w.message}", file=sys.stderr)
+        summary = engine.summarize(
+            result, reference=engine.card_reference(getattr(method, "card", None))
+        )
+        summary = {"image": source, "out": str(args.out), **summary}
+        if stream_to is None:
+            engine.save_result(
+                result,
+                args.out,
+                regions=summary["regions"],
+                map_dtype=args.map_dtype,
+                overwrite=args.overwrite,
             )
-        except MemoryError as exc:
-            raise CLIError(f"memory: {exc}", code=1) from None
-    if not quiet:
-        for w in caught:
-            if issubclass(w.category, (RuntimeWarning, UserWarning)):
-                print(f"probseg predict: warning: {w.message}", file=sys.stderr)
-    summary = engine.summarize(
-        result, reference=engine.card_reference(getattr(method, "card", None))
-    )
-    summary = {"image": source, "out": str(args.out), **summary}
-    engine.save_result(
-        result,
-        args.out,
-        regions=summary["regions"],
-        map_dtype=args.map_dtype,
-        overwrite=args.overwrite,
-    )
+        else:
+            from napari_probseg.engine._io import write_result_attrs
+
+            result.provenance["output"] = str(args.out)
+            write_result_attrs(result, stream_to, regions=summary["regions"])
+            if stream_to != args.out:
+                _replace_output(stream_to, args.out)
+    finally:
+        if stream_to is not None and stream_to != args.out and stream_to.exists():
+            import shutil
+
+            shutil.rmtree(stream_to, ignore_errors=True)  # our own, never-published folder
     if args.json:
         print(json.dumps(summary, indent=2, allow_nan=False))
     else:

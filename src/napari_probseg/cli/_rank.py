@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from napari_probseg.cli._common import open_store, store_errors
 from napari_probseg.cli._models import add_model_dir_argument, find_card, model_dirs
 
 
@@ -76,15 +77,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu", help="device of the workers' model (cpu)")
     p.add_argument("--no-resume", action="store_true", help="start afresh (do not continue)")
     p.add_argument("--json", action="store_true", help="print the ranking record as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=store_errors(run))
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``probseg rank``; return the exit code."""
     from napari_probseg.cli import CLIError
-    from napari_probseg.store import ProjectStore
 
     if args.show:
-        store = ProjectStore.open(args.store, mode="r")
+        store = open_store(args.store, "r")
         record = store.latest_ranking() or store.latest_ranking(status=None)
         if record is None:
             raise CLIError(f"{args.store}: no ranking yet (run probseg rank first)", code=1)
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         features=args.select == "diverse",
         device=args.device,
     )
-    store = ProjectStore.open(args.store)
+    store = open_store(args.store, "r+")
     ids = select_images(store, unannotated=args.unannotated, without_rater=args.without_rater)
     if not ids:
         raise CLIError(f"{args.store}: no images to rank", code=1)

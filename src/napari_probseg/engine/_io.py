@@ -193,11 +193,13 @@ def open_stream_store(
     spatial: tuple[int, ...],
     keep_samples: bool,
     label_dtype: Any = np.uint8,
+    map_dtype: str = "float32",
 ) -> tuple[Path, dict]:
     """Create the arrays of a prediction group in a temporary sibling of ``path``.
 
-    Returns the temporary folder and the zarr arrays to fill (``samples`` None unless kept); the
-    group becomes ``path`` in :func:`finish_stream_store`, so a crash leaves nothing at ``path``.
+    Returns the temporary folder and the zarr arrays to fill (``samples`` None unless kept; maps
+    stored as ``map_dtype``); the group becomes ``path`` in :func:`finish_stream_store`, so a
+    crash leaves nothing at ``path``.
     """
     import zarr
 
@@ -224,7 +226,7 @@ def open_stream_store(
         out[name] = group.create_array(
             name,
             shape=shape,
-            dtype="float32",
+            dtype=map_dtype,
             chunks=_chunks(shape, lead),
             dimension_names=(("class",) if lead else ()) + _dims(n_spatial),
             fill_value=0.0,

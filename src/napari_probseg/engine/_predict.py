@@ -23,20 +23,32 @@ from napari_probseg.engine._device import (
 from napari_probseg.engine._domain import check_domain
 from napari_probseg.engine._normalize import normalize, parse_normalization
 from napari_probseg.engine._provenance import image_signature, package_versions, utc_now
+from napari_probseg.engine._slabs import geometry, run_slab_mode
 from napari_probseg.engine._stream import (
     LazyImage,
     MemoryEstimate,
     available_memory,
     estimate_memory,
-    frozen_normalization,
     is_lazy_array,
     signature_of,
 )
-from napari_probseg.engine._tiling import TilePlan, crop, pad_image, plan_tiles, slabs
+from napari_probseg.engine._tiling import TilePlan, crop, pad_image, plan_tiles
 from napari_probseg.engine._types import Cancelled, PredictionResult, Progress
+from napari_probseg.engine._windows import (
+    accepts_first_index,
+    argmax_into,
+    balanced,
+    batch_seed,
+    blend_windows,
+    install_cancel_hooks,
+)
 
 #: Relative difference between the image spacing and the card's above which a warning is given.
 SPACING_RTOL = 0.05
+#: Most hypotheses one prediction may draw: time, the carried overlap rows and the uint8
+#: samples all grow linearly with N, and beyond ~1000 the Monte-Carlo error of the maps no
+#: longer shrinks visibly (it falls as 1/sqrt(N)). ``predict`` refuses more before computing.
+MAX_SAMPLES = 1024
 
 
 def predict(
@@ -57,6 +69,7 @@ def predict(
     memory_budget_bytes: float | None = None,
     output: Any = None,
     streaming: bool | None = None,
+    map_dtype: str = "float32",
 ) -> Generator[Progress, None, PredictionResult]:
     """Sample segmentation hypotheses of an image and stream them into uncertainty maps.
 
@@ -76,9 +89,11 @@ def predict(
 
     Before computing, the memory of that path is estimated (image size, K, N, tile plan, dtype)
     and compared with what the process may still allocate; when it does not fit, the engine
-    streams slab by slab instead (``engine/_stream.py``: memory of one slab of tiles, outputs
-    optionally on disk via ``output``), and when even that does not fit it raises
-    ``MemoryError`` at once, saying how much is needed and how much is available.
+    streams slab by slab instead (``engine/_slabs.py``: memory of one strip of tiles of a slab,
+    outputs optionally on disk via ``output``), and when even that does not fit it raises
+    ``MemoryError`` at once, saying how much is needed and how much is available. Streaming, all
+    N samples usually fit one batch, so methods whose network body is shared by the hypotheses
+    (``shared_body``: SSN, prob. U-Net, Laplace) run it once per tile.
 
     Parameters
     ----------
@@ -90,7 +105,8 @@ def predict(
         A sampling method (``napari_probseg.models.load_method``); its ``card`` attribute, when
         present, supplies the patch size, normalization, spacing and sha256.
     n_samples : int
-        Samples N to draw (forced to 1 for deterministic methods; the change is recorded).
+        Samples N to draw, 1 to :data:`MAX_SAMPLES` (forced to 1 for deterministic methods;
+        the change is recorded).
     seed : int
         Seed (>= 0). The same seed and device give the same samples whatever the batch size or
         memory budget.
@@ -121,8 +137,10 @@ def predict(
         A zarr directory to create (the :func:`save_result` layout): maps and uint8 samples are
         written into it slab by slab and ``result.maps`` / ``result.samples`` are zarr arrays
         read from it (implies ``streaming``). Must not exist.
+    map_dtype : {"float32", "float16"}
+        Storage dtype of the maps in the ``output`` store (in-memory maps are float32).
     streaming : bool, optional
-        Walk the image slab by slab (``engine/_stream.py``: memory of a slab, not of the image).
+        Walk the image slab by slab (``engine/_slabs.py``: memory of a strip, not of the image).
         None (default): only when the whole-image path would not fit in the available memory
         (estimated before computing), the input is a zarr/dask array, or ``output`` is given.
         The samples are the same either way (up to float rounding of the maps).
@@ -142,12 +160,14 @@ def predict(
         estimated memory exceeds what is available even slab by slab; the message gives both.
     """
     check_cancel = cancel_checker(cancel)
+    n_req = check_samples(n_samples)
     if getattr(method, "whole_image", False):  # nnU-Net, MONAI bundle: models/protocol.py
         from napari_probseg.engine._external import predict_whole_image
 
         return predict_whole_image(image, method, n_samples=n_samples, seed=seed, device=device,
                                    scale=scale, check_cancel=check_cancel, keep_samples=keep_samples)  # fmt: skip
-    n_req = check_positive_int(n_samples, "n_samples")
+    if map_dtype not in ("float32", "float16"):
+        raise ValueError(f"map_dtype: expected 'float32' or 'float16', got {map_dtype!r}")
     if output is not None:
         from pathlib import Path
 
@@ -208,7 +228,19 @@ def predict(
         budget=memory_budget_bytes,
         output=output,
         streaming=streaming,
+        map_dtype=map_dtype,
     )
+
+
+def check_samples(n_samples: Any) -> int:
+    """Return ``n_samples`` as an int in 1..:data:`MAX_SAMPLES`, else raise ``ValueError``."""
+    n = check_positive_int(n_samples, "n_samples")
+    if n > MAX_SAMPLES:
+        raise ValueError(
+            f"n_samples: at most {MAX_SAMPLES} samples per prediction, got {n} (time and "
+            "memory grow linearly with N; the maps' Monte-Carlo error falls only as 1/sqrt(N))"
+        )
+    return n
 
 
 def run_prediction(
@@ -309,25 +341,6 @@ def _layout(image: Any, method: Any, *, slice_by_slice: bool) -> tuple[np.ndarra
     return chw, volume
 
 
-def _batch_seed(seed: int, start: int) -> int:
-    """Seed of the sample batch starting at sample ``start``, for methods whose ``sample`` takes no
-    ``first_index`` (their samples then depend on the batch split)."""
-    return int(np.random.SeedSequence([seed, start]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def accepts_first_index(method: Any) -> bool:
-    """True when ``method.sample`` takes ``first_index`` (the Method contract; batch-invariant)."""
-    import inspect
-
-    try:
-        params = inspect.signature(method.sample).parameters
-    except (TypeError, ValueError):
-        return False
-    return "first_index" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
-
-
 def _run(
     *,
     image: Any,
@@ -351,6 +364,7 @@ def _run(
     budget: float | None,
     output: Any = None,
     streaming: bool | None = None,
+    map_dtype: str = "float32",
 ) -> Generator[Progress, None, PredictionResult]:
     import torch
 
@@ -394,9 +408,7 @@ def _run(
     notes.extend(domain["warnings"])
     method = method.to(dev)
     label_dtype = np.uint8 if k <= 256 else np.uint16
-    groups = slabs(plan)
-    plane = int(np.prod(plan.padded_shape[1:])) if len(plan.padded_shape) > 1 else 1
-    slab_rows = max(g.hi - g.lo for g in groups)
+    stream = geometry(plan, int(method.spatial_dims))  # streaming buffer sizes (engine/_slabs.py)
     shared = bool(getattr(method, "shared_body", False))
     factor = float(getattr(method, "activation_factor", DEFAULT_ACTIVATION_FACTOR))
     tile_vox = int(np.prod(plan.patch_size))
@@ -416,9 +428,7 @@ def _run(
             tile_voxels=tile_vox,
             input_bytes=float(np.prod(arr.shape)) * np.dtype(arr.dtype).itemsize,
             input_in_memory=not lazy,
-            slab_rows=slab_rows,
-            final_rows=max(g.final - g.lo for g in groups),
-            carry_rows=max(g.hi - g.final for g in groups),
+            stream=stream,
             keep_samples=keep_samples,
             outputs_in_memory=output is None,
             activation_bytes=activations(bb),
@@ -440,15 +450,16 @@ def _run(
             "pass keep_samples=False, or use fewer samples or a smaller patch"
         )
     if batch_size is None:
-        buffer_voxels = int(np.prod(plan.padded_shape)) if mode == "whole" else slab_rows * plane
+        # the blend buffer of one sample: the whole image, or one strip of a slab
+        buffer_voxels = int(np.prod(plan.padded_shape)) if mode == "whole" else stream["buffer"]
         per = bytes_per_sample(
             k, tile_vox, buffer_voxels, activation_factor=8.0 if shared else factor
         )
-        b = _balanced(auto_batch_size(n_total, per, budget or memory_budget(dev)), n_total)
+        b = balanced(auto_batch_size(n_total, per, budget or memory_budget(dev)), n_total)
     else:
         b = min(batch_size, n_total)
     while b > 1 and estimate(mode, b).additional > available:
-        b = _balanced(max(1, b // 2), n_total)
+        b = balanced(max(1, b // 2), n_total)
     first_batch = b
     memory_info = {
         "mode": mode,
@@ -489,7 +500,7 @@ def _run(
         )
 
     if mode == "slab":
-        result = yield from _run_slab_mode(
+        result = yield from run_slab_mode(
             method=method,
             arr=arr,
             norm=norm,
@@ -503,6 +514,7 @@ def _run(
             keep_samples=keep_samples,
             output=output,
             label_dtype=label_dtype,
+            map_dtype=map_dtype,
             warn=warn,
         )
         maps, samples, b, output_path = result
@@ -520,7 +532,7 @@ def _run(
     n_windows = len(plan.windows)
     done = 0
     buffer = None
-    hooks = _install_cancel_hooks(method, check_cancel) if has_cancel else []
+    hooks = install_cancel_hooks(method, check_cancel) if has_cancel else []
     invariant = accepts_first_index(method)
     if not invariant:
         warn(
@@ -536,18 +548,18 @@ def _run(
             buf = buffer[:bj]
             buf.zero_()
             try:
-                yield from _run_batch(
+                yield from blend_windows(
                     method,
                     x_full,
+                    plan.windows,
                     plan,
                     buf,
-                    bj,
-                    seed if invariant else _batch_seed(seed, done),
-                    dev,
-                    check_cancel,
-                    done=done,
-                    n_total=n_total,
+                    bj=bj,
+                    seed=seed if invariant else batch_seed(seed, done),
                     first_index=done if invariant else None,
+                    dev=dev,
+                    check_cancel=check_cancel,
+                    on_window=_window_progress(done, bj, n_total, n_windows),
                 )
             except Exception as exc:
                 if not is_out_of_memory(exc):
@@ -566,7 +578,7 @@ def _run(
                     per = bytes_per_sample(
                         k, int(np.prod(plan.patch_size)), int(np.prod(plan.padded_shape))
                     )
-                    b = _balanced(
+                    b = balanced(
                         auto_batch_size(n_total, per, budget or memory_budget(dev)), n_total
                     )
                 else:
@@ -581,7 +593,7 @@ def _run(
             probs = crop(buf, spatial).numpy()
             acc.update(probs)
             if samples is not None:
-                _argmax_into(probs, samples[done : done + bj])
+                argmax_into(probs, samples[done : done + bj])
             done += bj
             yield Progress(
                 "sample",
@@ -713,391 +725,20 @@ def _finish(
     return result
 
 
-def _install_cancel_hooks(method: Any, check_cancel: Callable[[], None]) -> list:
-    """Check ``cancel`` before every module of the method's network runs.
+def _window_progress(done: int, bj: int, n_total: int, n_windows: int) -> Callable:
+    """The whole-image path's event after every window of a batch but the last."""
 
-    One forward of a large batch can take seconds on a CPU; forward pre-hooks make a cancel land
-    within one layer (a few ms) instead of at the end of the batch, without changing the batch
-    (which would change the samples). Methods without a ``network`` module get no hooks.
-    """
-    network = getattr(method, "network", None)
-    if network is None or not hasattr(network, "modules"):
-        return []
-
-    def hook(module: Any, args: Any) -> None:
-        check_cancel()
-
-    return [m.register_forward_pre_hook(hook) for m in network.modules()]
-
-
-def _argmax_into(probs: np.ndarray, out: np.ndarray) -> None:
-    """Write the argmax over axis 1 of ``probs`` (b, K, *S) into ``out`` (b, *S).
-
-    A loop over classes with a strict ``>``: ties go to the lower class (as ``np.argmax``), so
-    an even split stays background. ~20x faster than ``torch.argmax(dim=1)`` on CPU (0.016 vs
-    0.31 s for 16 x 2 x 256²) and 2x faster than ``np.argmax``.
-    """
-    best = probs[:, 0].copy()
-    out[...] = 0
-    for k in range(1, probs.shape[1]):
-        pk = probs[:, k]
-        higher = pk > best
-        out[higher] = k
-        np.maximum(best, pk, out=best)
-
-
-def _balanced(batch: int, n: int) -> int:
-    """Largest batch <= ``batch`` that splits ``n`` samples into equal-ish batches (16 = 8 + 8,
-    not 15 + 1: the same number of passes with less memory and no tiny last pass)."""
-    n_batches = -(-n // max(batch, 1))
-    return -(-n // n_batches)
-
-
-def _run_batch(
-    method: Any,
-    x_full: Any,
-    plan: TilePlan,
-    buf: Any,
-    bj: int,
-    batch_seed: int,
-    dev: Any,
-    check_cancel: Callable[[], None],
-    *,
-    done: int,
-    n_total: int,
-    first_index: int | None,
-) -> Generator[Progress, None, None]:
-    """Blend every window of one sample batch into ``buf``; yield after each window but the last.
-
-    ``first_index`` is the global index of the batch's first hypothesis (None: the method takes
-    no ``first_index`` and ``batch_seed`` is a per-batch seed)."""
-    import torch
-
-    n_windows = len(plan.windows)
-    k = buf.shape[1]
-    for w_i, window in enumerate(plan.windows):
-        check_cancel()
-        x = x_full[window.source].unsqueeze(0).to(dev)
-        generator = torch.Generator(device="cpu").manual_seed(batch_seed)
-        with torch.inference_mode():
-            if first_index is None:
-                out = method.sample(x, bj, generator=generator)
-            else:
-                out = method.sample(x, bj, generator=generator, first_index=first_index)
-        expected = (bj, k, *x.shape[2:])
-        if tuple(out.shape) != expected:
-            raise ValueError(
-                f"method: {method.name}.sample returned shape {tuple(out.shape)}, "
-                f"expected {expected}"
-            )
-        probs = out.detach().to("cpu", torch.float32)
-        if plan.tiled:
-            buf[window.target] += probs * plan.weight(window)
-        else:
-            buf[window.target] = probs
-        del out, probs, x
-        if w_i + 1 < n_windows:
-            yield Progress(
-                "sample",
-                done,
-                n_total,
-                w_i + 1,
-                n_windows,
-                (done + bj * (w_i + 1) / n_windows) / n_total,
-                f"samples {done + 1}-{done + bj} of {n_total}: tile {w_i + 1}/{n_windows}",
-            )
-
-
-def _run_slabs(
-    *,
-    method: Any,
-    arr: Any,
-    norm_frozen: dict,
-    plan: TilePlan,
-    n_total: int,
-    batch: int,
-    seed: int,
-    invariant: bool,
-    dev: Any,
-    check_cancel: Callable[[], None],
-    outputs: dict,
-    warn: Callable[..., None],
-) -> Generator[Progress, None, tuple[Any, int]]:
-    """Slab by slab (engine/_stream.py): blend, finalise and write; return (volumes, batch).
-
-    ``outputs`` holds the arrays to fill (numpy or zarr): ``mean_probs``, ``variance`` (K, *S),
-    ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` (*S) and ``samples``
-    (N, *S) or None. Progress events count (window, batch) passes: ``tiles_done`` of
-    ``tiles_total`` windows of the plan, ``samples_done`` = N once a slab is complete.
-    """
-    import torch
-
-    from napari_probseg.core.uncertainty import UncertaintyAccumulator
-    from napari_probseg.engine._stream import read_rows
-    from napari_probseg.engine._tiling import slabs
-
-    spatial = tuple(arr.shape[1:])
-    k = int(method.n_classes)
-    n_lead = len(plan.padded_shape) - int(method.spatial_dims)
-    rest_pad = tuple(plan.padded_shape[1:])
-    rest_img = spatial[1:]
-    groups = slabs(plan)
-    n_windows = len(plan.windows)
-    volumes = np.zeros(n_total, np.float64)
-    carry = None
-    windows_done = 0
-    b = batch
-    for gi, slab in enumerate(groups):
-        check_cancel()
-        rows = slab.hi - slab.lo
-        # the slab's input rows, normalised and padded like the whole image would be
-        img_hi = min(slab.hi, spatial[0])
-        block = read_rows(arr, slab.lo, img_hi) if img_hi > slab.lo else None
-        if block is None:  # only padding rows (cannot happen: tiles start inside the image)
-            block = np.zeros((arr.shape[0], 1, *rest_img), np.float32)
-        x_block = pad_image(_normalize_rows(block, norm_frozen), (rows, *rest_pad))
-        x_block = torch.from_numpy(np.ascontiguousarray(x_block))
-        del block
-        n_final = min(slab.final, spatial[0]) - slab.lo
-        # one accumulator per chunk of FINAL_CHUNK_ROWS final rows: the same float64 sums in
-        # total, but each chunk's maps are built (and freed) on their own
-        accs = [
-            UncertaintyAccumulator(k, spatial_dims=len(spatial))
-            for _ in range(0, max(n_final, 0), FINAL_CHUNK_ROWS)
-        ]
-        next_carry = None
-        carry_rows = slab.hi - slab.final
-        if n_lead == 0 and plan.tiled:
-            ws_final = plan.weight_sum[slab.lo : slab.lo + max(n_final, 0)]
-        else:
-            ws_final = plan.weight_sum  # a plane (slice mode) or None (untiled)
-        local = [_shift_window(w, slab.lo) for w in slab.windows]
-        done = 0
-        while done < n_total:
-            bj = min(b, n_total - done)
-            buf = torch.zeros((bj, k, rows, *rest_pad), dtype=torch.float32)
-            if carry is not None:
-                buf[:, :, : carry.shape[2]] += torch.from_numpy(carry[done : done + bj])
-            try:
-                for wi, window in enumerate(local):
-                    check_cancel()
-                    x = x_block[window.source].unsqueeze(0).to(dev)
-                    generator = torch.Generator(device="cpu").manual_seed(
-                        seed if invariant else _batch_seed(seed, done)
-                    )
-                    with torch.inference_mode():
-                        if invariant:
-                            out = method.sample(x, bj, generator=generator, first_index=done)
-                        else:
-                            out = method.sample(x, bj, generator=generator)
-                    expected = (bj, k, *x.shape[2:])
-                    if tuple(out.shape) != expected:
-                        raise ValueError(
-                            f"method: {method.name}.sample returned shape {tuple(out.shape)}, "
-                            f"expected {expected}"
-                        )
-                    probs = out.detach().to("cpu", torch.float32)
-                    if plan.tiled:
-                        buf[window.target] += probs * plan.weight(window)
-                    else:
-                        buf[window.target] = probs
-                    del out, probs, x
-                    windows_done += 1
-                    total_passes = n_windows * -(-n_total // b)
-                    yield Progress(
-                        "sample",
-                        n_total if gi + 1 == len(groups) and done + bj == n_total else 0,
-                        n_total,
-                        min(windows_done, n_windows),
-                        n_windows,
-                        min(0.999, windows_done / max(total_passes, 1)),
-                        f"slab {gi + 1}/{len(groups)}: samples {done + 1}-{done + bj} of "
-                        f"{n_total}, tile {wi + 1}/{len(local)}",
-                    )
-            except Exception as exc:
-                if not is_out_of_memory(exc) or bj == 1:
-                    raise
-                del exc
-                buf = None
-                b = max(1, bj // 2)
-                warn(f"out of memory on {dev} with {bj} samples per batch; retrying with {b}")
-                continue
-            if carry_rows > 0:
-                if next_carry is None:
-                    next_carry = np.empty((n_total, k, carry_rows, *rest_pad), np.float32)
-                next_carry[done : done + bj] = buf[:, :, rows - carry_rows :].numpy()
-            if n_final > 0:
-                fin = buf[:, :, :n_final]
-                if ws_final is not None and plan.tiled:
-                    fin /= ws_final  # in place: the carry rows were copied out above
-                fin = fin[(slice(None), slice(None), slice(None), *(slice(0, s) for s in rest_img))]
-                probs_np = fin.numpy()  # a view: no copy of the slab's samples
-                if bj == n_total:
-                    # one batch holds every sample: finalise in thin row chunks, so the float64
-                    # sums and maps exist for a few rows at a time only
-                    for a in range(0, n_final, FINAL_CHUNK_ROWS):
-                        part = UncertaintyAccumulator(k, spatial_dims=len(spatial))
-                        part.update(probs_np[:, :, a : a + FINAL_CHUNK_ROWS])
-                        rows_done = slice(slab.lo + a, slab.lo + min(n_final, a + FINAL_CHUNK_ROWS))
-                        volumes += _write_maps(outputs, part.result(), rows_done)
-                else:
-                    for c, part in enumerate(accs):
-                        a = c * FINAL_CHUNK_ROWS
-                        part.update(probs_np[:, :, a : a + FINAL_CHUNK_ROWS])
-                if outputs.get("samples") is not None:
-                    labels = np.empty((bj, *probs_np.shape[2:]), outputs["samples"].dtype)
-                    _argmax_into(probs_np, labels)
-                    outputs["samples"][done : done + bj, slab.lo : slab.lo + n_final] = labels
-                del fin, probs_np
-            buf = None
-            done += bj
-        carry = next_carry
-        for c, part in enumerate(accs):
-            if part.n_samples:
-                a = slab.lo + c * FINAL_CHUNK_ROWS
-                rows_done = slice(a, min(slab.lo + n_final, a + FINAL_CHUNK_ROWS))
-                volumes += _write_maps(outputs, part.result(), rows_done)
-            accs[c] = None  # free each chunk's sums once written
-        del accs, x_block
-    return volumes, b
-
-
-def _normalize_rows(block: np.ndarray, spec: dict, rows: int = 8) -> np.ndarray:
-    """Apply a pointwise normalization to ``block`` (C, n, ...) a few rows at a time (the
-    normalization works in float64; this keeps that copy to ``rows`` rows)."""
-    out = np.empty(block.shape, np.float32)
-    for a in range(0, block.shape[1], rows):
-        out[:, a : a + rows] = normalize(block[:, a : a + rows], spec)
-    return out
-
-
-#: Rows of the first axis finalised at a time when one batch holds every sample.
-FINAL_CHUNK_ROWS = 8
-
-
-def _write_maps(outputs: dict, maps: Any, rows: slice) -> np.ndarray:
-    """Write a row block's maps into ``outputs``; return its per-sample volumes."""
-    for name in ("mean_probs", "variance"):
-        outputs[name][:, rows] = np.asarray(getattr(maps, name), np.float32)
-    for name in ("predictive_entropy", "expected_entropy", "mutual_information"):
-        outputs[name][rows] = np.asarray(getattr(maps, name), np.float32)
-    outputs.setdefault("foreground_classes", tuple(maps.foreground_classes))
-    outputs.setdefault("units", maps.units)
-    return np.asarray(maps.volumes, np.float64)
-
-
-def _shift_window(window: Any, lo: int) -> Any:
-    """``window`` with its first spatial index moved by ``-lo`` (into a slab's buffer)."""
-    from dataclasses import replace
-
-    def shift(index: tuple, axis: int) -> tuple:
-        first = index[axis]
-        if isinstance(first, (int, np.integer)):
-            moved: Any = int(first) - lo
-        else:
-            moved = slice(first.start - lo, first.stop - lo)
-        return (*index[:axis], moved, *index[axis + 1 :])
-
-    return replace(window, source=shift(window.source, 1), target=shift(window.target, 2))
-
-
-def _run_slab_mode(
-    *,
-    method: Any,
-    arr: Any,
-    norm: dict,
-    plan: TilePlan,
-    n_total: int,
-    batch: int,
-    seed: int,
-    dev: Any,
-    check_cancel: Callable[[], None],
-    has_cancel: bool,
-    keep_samples: bool,
-    output: Any,
-    label_dtype: Any,
-    warn: Callable[..., None],
-) -> Generator[Progress, None, tuple]:
-    """Allocate the outputs (numpy, or a zarr store at ``output``), run the slabs, build maps."""
-    from napari_probseg.core.uncertainty import UncertaintyMaps
-    from napari_probseg.engine._io import finish_stream_store, open_stream_store
-
-    spatial = tuple(arr.shape[1:])
-    k = int(method.n_classes)
-    frozen = frozen_normalization(arr, norm)
-    if frozen is None:
-        if isinstance(arr, LazyImage):
-            raise ValueError(
-                f"normalization: {norm.get('kind')!r} cannot be applied slab by slab to a "
-                "zarr/dask image; load it into memory first"
-            )
-        arr, frozen = normalize(arr, norm), {"kind": "none"}
-    tmp = None
-    if output is not None:
-        tmp, outputs = open_stream_store(
-            output,
-            n_samples=n_total,
-            n_classes=k,
-            spatial=spatial,
-            keep_samples=keep_samples,
-            label_dtype=label_dtype,
+    def event(w_i: int) -> Progress | None:
+        if w_i + 1 >= n_windows:
+            return None
+        return Progress(
+            "sample",
+            done,
+            n_total,
+            w_i + 1,
+            n_windows,
+            (done + bj * (w_i + 1) / n_windows) / n_total,
+            f"samples {done + 1}-{done + bj} of {n_total}: tile {w_i + 1}/{n_windows}",
         )
-    else:
-        outputs = {
-            "mean_probs": np.zeros((k, *spatial), np.float32),
-            "variance": np.zeros((k, *spatial), np.float32),
-            "predictive_entropy": np.zeros(spatial, np.float32),
-            "expected_entropy": np.zeros(spatial, np.float32),
-            "mutual_information": np.zeros(spatial, np.float32),
-            "samples": np.zeros((n_total, *spatial), label_dtype) if keep_samples else None,
-        }
-    hooks = _install_cancel_hooks(method, check_cancel) if has_cancel else []
-    invariant = accepts_first_index(method)
-    try:
-        volumes, b = yield from _run_slabs(
-            method=method,
-            arr=arr,
-            norm_frozen=frozen,
-            plan=plan,
-            n_total=n_total,
-            batch=batch,
-            seed=seed,
-            invariant=invariant,
-            dev=dev,
-            check_cancel=check_cancel,
-            outputs=outputs,
-            warn=warn,
-        )
-    except Exception as exc:
-        if tmp is not None:
-            import shutil
 
-            shutil.rmtree(tmp, ignore_errors=True)
-        if is_out_of_memory(exc):
-            raise MemoryError(
-                f"out of memory on {dev} even with 1 sample per batch, slab by slab; use a "
-                "smaller patch size or fewer samples"
-            ) from None
-        raise
-    finally:
-        for hook in hooks:
-            hook.remove()
-    n_windows = len(plan.windows)
-    yield Progress("finalize", n_total, n_total, n_windows, n_windows, 1.0, "writing the maps")
-    fg = tuple(outputs.get("foreground_classes", tuple(range(1, k))))
-    units = outputs.get("units", "nats")
-    output_path = None
-    if tmp is not None:
-        outputs, output_path = finish_stream_store(tmp, output, volumes=volumes)
-    maps = UncertaintyMaps(
-        mean_probs=outputs["mean_probs"],
-        predictive_entropy=outputs["predictive_entropy"],
-        expected_entropy=outputs["expected_entropy"],
-        mutual_information=outputs["mutual_information"],
-        variance=outputs["variance"],
-        volumes=volumes,
-        n_samples=n_total,
-        units=units,
-        foreground_classes=fg,
-    )
-    return maps, outputs.get("samples"), b, output_path
+    return event

@@ -1,19 +1,17 @@
-"""Streaming prediction of big volumes: slabs of tiles, lazy inputs, memory estimates.
+"""Streaming prediction of big volumes: lazy inputs, memory estimates, the slab-to-slab carry.
 
 The whole-image path of :func:`napari_probseg.engine.predict` blends each sample batch into one
 ``(b, K, *image)`` buffer and keeps ``(2K + 1)`` float64 sums per voxel for the whole image (about
-24x the input of a CT volume). The slab path here walks the tile plan one *slab* at a time (the
-tiles that share their start along the first spatial axis, or one plane in slice-by-slice mode):
-for every sample batch it blends the slab's tiles into a ``(b, K, P0, *rest)`` buffer, finalises
-the rows no later tile touches (all N samples: an accumulator of the slab alone, maps and uint8
-labels written into the output arrays, on disk when an output store is given) and carries the
-blended overlap rows to the next slab. Hypothesis ``i`` is the same in every slab and batch
-(``Method.sample(..., first_index=i)``), so the result equals the whole-image path's up to float
-rounding. Inputs that are zarr or dask arrays are read slab by slab, never whole.
+24x the input of a CT volume). The streaming path (``engine/_slabs.py``) walks the tile plan slab
+by slab and, in a volume, strip by strip, finalising the voxels no later tile touches and
+carrying the rest (:class:`RowCarry` between slabs, on disk beside an output store). Inputs that
+are zarr or dask arrays are read slab by slab here (:class:`LazyImage`), never whole; their
+normalization statistics are computed slab by slab too (:func:`frozen_normalization`).
 
-Memory of the slab path: the slab's input, ``b*K*P0*R`` float32 blend buffer, ``N*K*O*R`` float32
-carry (O = overlap rows), ``(2K+1)*F*R`` float64 sums (F = final rows of a slab) and the network's
-activations, where ``R`` is the size of a plane; the outputs live in the output store.
+Memory of the streaming path (:func:`estimate_memory`): the slab's input, ``b*K*P0*P1*X``
+float32 strip buffer, ``N*K*P0*O1*X`` float32 column carry, ``N*K*O0*Y*X`` float32 row carry
+(none in memory when an output store is given), a strip's final region of maps and the network's
+activations; the outputs live in the output store.
 """
 
 from __future__ import annotations
@@ -248,37 +246,154 @@ def estimate_memory(
     tile_voxels: int,
     input_bytes: float,
     input_in_memory: bool,
-    slab_rows: int,
-    final_rows: int,
-    carry_rows: int,
+    stream: dict,
     keep_samples: bool,
     outputs_in_memory: bool,
     activation_bytes: float,
 ) -> MemoryEstimate:
     """Estimate the peak memory of a prediction before running it.
 
-    ``mode`` is ``"whole"`` (whole-image buffers) or ``"slab"`` (:mod:`engine._stream`);
-    ``activation_bytes`` is the network's working memory for one batch on one tile.
+    ``mode`` is ``"whole"`` (whole-image buffers) or ``"slab"`` (``engine/_slabs.py``);
+    ``stream`` the voxels per sample and class of the streaming buffers
+    (:func:`napari_probseg.engine._slabs.geometry`); ``activation_bytes`` the network's working
+    memory for one batch on one tile. The slab-to-slab carry lives on disk when the outputs do.
     """
     k, n, b = int(n_classes), int(n_samples), int(batch)
     v = float(np.prod(image_shape))
-    plane = float(np.prod(padded_shape[1:])) if len(padded_shape) > 1 else 1.0
     parts: dict[str, float] = {"process": PROCESS_BASELINE_BYTES}
     parts["input"] = input_bytes if input_in_memory else 0.0
     if mode == "whole":
         vp = float(np.prod(padded_shape))
         parts["normalized input"] = vp * 4 * 2  # float64 pass inside normalize, float32 result
         parts["blend buffer"] = b * k * vp * 4
+        parts["weight sums"] = vp * 4
         parts["accumulator"] = (2 * k + 1) * v * 8
     else:
-        slab = slab_rows * plane
-        parts["normalized input"] = slab * 4 + 8 * plane * 8
-        parts["blend buffer"] = b * k * slab * 4
-        parts["carry"] = n * k * carry_rows * plane * 4
-        parts["accumulator"] = (2 * k + 1) * final_rows * plane * 8 + (
-            2 * k + 3
-        ) * final_rows * plane * 4
+        plane = float(np.prod(padded_shape[1:])) if len(padded_shape) > 1 else 1.0
+        parts["normalized input"] = stream["slab_input"] * 4.0 * 2 + 8 * plane * 8
+        parts["blend buffer"] = b * k * stream["buffer"] * 4.0
+        row_carry = 0.0 if not outputs_in_memory else n * k * stream["row_carry"] * 4.0
+        parts["carry"] = row_carry + n * k * stream["col_carry"] * 4.0
+        final = float(stream["final"])
+        parts["accumulator"] = (2 * k + 1) * final * 8 + (2 * k + 4) * final * 4
     parts["network"] = float(activation_bytes) + b * k * tile_voxels * 4
     parts["samples"] = n * v if keep_samples and outputs_in_memory else 0.0
     parts["maps"] = (2 * k + 3) * v * 4 if outputs_in_memory else 0.0
     return MemoryEstimate(parts=parts, mode=mode)
+
+
+def _libc() -> Any:
+    """glibc, or None (other C libraries, other systems)."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            lib = ctypes.CDLL(name) if name else None
+            if lib is not None and hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt"):
+                _LIBC = lib
+        except (OSError, AttributeError):
+            _LIBC = False
+    return _LIBC or None
+
+
+_LIBC: Any = None
+#: Blocks of at least this many bytes come from (and go back to) the system directly.
+MMAP_THRESHOLD = 4 << 20
+
+
+def large_blocks_from_the_system() -> None:
+    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` (``mallopt(M_MMAP_THRESHOLD)``).
+
+    By default glibc raises the threshold up to 32 MB after large frees, so the tens-of-MB
+    tensors of every tile's network pass are carved from the heap arenas, which fragment and do
+    not shrink: the RSS of a volume grew strip after strip (1.06 -> 1.43 GB over 8 strips of a
+    512^2 slab). With a fixed threshold they are mapped and unmapped whole. Process-wide and
+    idempotent; a no-op without glibc.
+    """
+    global _THRESHOLD_SET
+    lib = _libc()
+    if lib is not None and not _THRESHOLD_SET:
+        _THRESHOLD_SET = bool(lib.mallopt(-3, MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD
+
+
+_THRESHOLD_SET = False
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed in the C allocator's arenas back to the system (glibc
+    ``malloc_trim``; a no-op elsewhere)."""
+    lib = _libc()
+    if lib is not None:
+        lib.malloc_trim(0)
+
+
+class RowCarry:
+    """The blended overlap rows one slab hands to the next: ``(N, K, O, C1, *rest)`` float32.
+
+    ``O`` rows of the first spatial axis (the most any slab carries), ``C1`` columns of the
+    second. Read and written by sample and column ranges (a strip of a slab at a time), in place:
+    a strip reads the rows the previous slab left for its columns, then writes its own. In
+    memory, or (``directory`` given: an output store streams to disk) in a scratch file laid out
+    column by column, so the largest buffer of a volume (``N*K*O`` planes) never lives in RAM.
+    """
+
+    def __init__(
+        self,
+        n_samples: int,
+        n_classes: int,
+        rows: int,
+        plane: tuple[int, ...],
+        *,
+        directory: Any = None,
+    ) -> None:
+        self.n, self.k, self.rows = int(n_samples), int(n_classes), int(rows)
+        self.cols, self.rest = int(plane[0]), tuple(int(s) for s in plane[1:])
+        self.block = (self.k, self.rows, *self.rest)  # one sample of one column
+        self.block_bytes = int(np.prod(self.block)) * 4
+        self.path = None
+        self.array = None
+        self.fd = -1
+        if directory is None:
+            self.array = np.zeros((self.n, self.k, self.rows, self.cols, *self.rest), np.float32)
+        else:
+            from pathlib import Path
+
+            self.path = Path(directory) / ".row-carry.scratch"
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(self.fd, self.cols * self.n * self.block_bytes)  # sparse zeros
+
+    def add_into(self, out: np.ndarray, s0: int, s1: int, c0: int, c1: int, rows: int) -> None:
+        """``out[:, :, :rows, :c1 - c0] +=`` the carried rows of samples ``s0:s1``, columns
+        ``c0:c1``."""
+        if self.array is not None:
+            out[:, :, :rows, : c1 - c0] += self.array[s0:s1, :, :rows, c0:c1]
+            return
+        nbytes = (s1 - s0) * self.block_bytes
+        for c in range(c0, c1):
+            raw = os.pread(self.fd, nbytes, (c * self.n + s0) * self.block_bytes)
+            blk = np.frombuffer(raw, np.float32).reshape(s1 - s0, *self.block)
+            out[:, :, :rows, c - c0] += blk[:, :, :rows]
+
+    def store(self, data: np.ndarray, s0: int, s1: int, c0: int) -> None:
+        """Keep ``data`` ``(s1 - s0, K, r, c, *rest)`` (r <= O rows) for the next slab."""
+        r, c = data.shape[2], data.shape[3]
+        if self.array is not None:
+            self.array[s0:s1, :, :r, c0 : c0 + c] = data
+            return
+        blk = np.zeros((s1 - s0, *self.block), np.float32)
+        for j in range(c):
+            blk[:, :, :r] = data[:, :, :, j]
+            os.pwrite(self.fd, blk.tobytes(), ((c0 + j) * self.n + s0) * self.block_bytes)
+
+    def close(self) -> None:
+        """Free the rows (delete the scratch file)."""
+        self.array = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from napari_probseg.core.summary import (
     DEFAULT_AGGREGATIONS,
     DEFAULT_CLUSTER_IOU,
@@ -68,7 +70,7 @@ def summarize(
     summary = image_summary(
         mean_probs=maps.mean_probs,
         maps=arrays,
-        samples=result.samples,
+        samples=_in_memory(result.samples),
         method=result.method,
         source=result.source,
         n_samples=result.n_samples,
@@ -85,3 +87,10 @@ def summarize(
     )
     summary["scale"] = [float(s) for s in result.scale]
     return summary
+
+
+def _in_memory(samples: Any) -> Any:
+    """``samples`` as a numpy array (a streamed result's samples are a zarr array on disk)."""
+    if samples is None or isinstance(samples, np.ndarray):
+        return samples
+    return np.asarray(samples[...])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -69,10 +70,13 @@ class TilePlan:
         Slices run one by one (1 unless slice-by-slice).
     importance : Tensor or None, shape (*patch_size)
         Blending weights of an interior tile, None when there is a single tile per slice.
-    weight_sum : Tensor or None, shape (*padded_shape)
-        Sum of the weights of all windows at each voxel (None when untiled); > 0 everywhere.
     weights : dict
         Blending weights ``(*patch_size)`` of each ``Window.weight_key``.
+    tiles : tuple
+        The tiles of one slice: ``(slices, weight_key)`` pairs over the model's spatial axes.
+
+    ``weight_sum`` (the whole map) and :meth:`weight_sum_region` (a block of it) are computed on
+    demand: the streaming path never holds the map of a whole volume.
     """
 
     windows: list[Window]
@@ -82,8 +86,8 @@ class TilePlan:
     n_tiles: int
     n_slices: int
     importance: Any
-    weight_sum: Any
     weights: dict = field(default_factory=dict)
+    tiles: tuple = ()
 
     @property
     def tiled(self) -> bool:
@@ -93,6 +97,35 @@ class TilePlan:
     def weight(self, window: Window) -> Any:
         """Blending weights ``(*patch_size)`` of ``window``."""
         return self.weights[window.weight_key]
+
+    @cached_property
+    def weight_sum(self) -> Any:
+        """Tensor or None, shape (*padded model axes): the sum of the weights of all tiles at
+        each voxel (None when untiled); > 0 everywhere."""
+        if not self.tiled:
+            return None
+        inner = self.padded_shape[len(self.padded_shape) - len(self.patch_size) :]
+        return self.weight_sum_region(tuple(slice(0, s) for s in inner))
+
+    def weight_sum_region(self, region: Sequence[slice]) -> Any:
+        """The block ``region`` (slices over the model's padded spatial axes) of
+        :attr:`weight_sum`, bit for bit: the same tiles added in the same order."""
+        import torch
+
+        inner = self.padded_shape[len(self.padded_shape) - len(self.patch_size) :]
+        box = [r.indices(n)[:2] for r, n in zip(region, inner)]
+        out = torch.zeros(tuple(b - a for a, b in box), dtype=torch.float32)
+        for tile, key in self.tiles:
+            lo = [max(t.start, a) for t, (a, _b) in zip(tile, box)]
+            hi = [min(t.stop, b) for t, (_a, b) in zip(tile, box)]
+            if any(h <= g for g, h in zip(lo, hi)):
+                continue
+            dst = tuple(slice(g - a, h - a) for g, h, (a, _b) in zip(lo, hi, box))
+            src = tuple(slice(g - t.start, h - t.start) for g, h, t in zip(lo, hi, tile))
+            out[dst] += self.weights[key][src]
+        if out.numel() and float(out.min()) <= 0:  # cannot happen with overlaps >= 1
+            out.clamp_(min=1e-12)
+        return out
 
 
 def plan_tiles(
@@ -128,7 +161,6 @@ def plan_tiles(
     ValueError
         ``overlap: ...`` outside [0, 1); ``patch_size: ...`` of the wrong length or not positive.
     """
-    import torch
     from monai.data.utils import dense_patch_slices
 
     if not (0.0 <= float(overlap) < 1.0):
@@ -155,7 +187,7 @@ def plan_tiles(
     starts = dict.fromkeys(tuple((int(s.start), int(s.stop)) for s in t) for t in tiles)
     tiles = [tuple(slice(a, b) for a, b in t) for t in starts]
     n_tiles = len(tiles)
-    importance = weight_sum = None
+    importance = None
     keys: list[tuple] = [()] * n_tiles
     weights: dict = {}
     if n_tiles > 1:
@@ -180,11 +212,6 @@ def plan_tiles(
         importance = _separable(
             [edge_profile(patch[a], lo, hi) for a, (lo, hi) in enumerate(interior)]
         )
-        weight_sum = torch.zeros(padded_inner, dtype=torch.float32)
-        for t, key in zip(tiles, keys):
-            weight_sum[t] += weights[key]
-        if float(weight_sum.min()) <= 0:  # cannot happen with overlaps >= 1; guard all the same
-            weight_sum.clamp_(min=1e-12)
     windows = []
     for index in np.ndindex(*lead) if lead else [()]:
         for t, key in zip(tiles, keys):
@@ -204,8 +231,8 @@ def plan_tiles(
         n_tiles=n_tiles,
         n_slices=n_slices,
         importance=importance,
-        weight_sum=weight_sum,
         weights=weights,
+        tiles=tuple(zip(tiles, keys)),
     )
 
 
@@ -297,9 +324,15 @@ class Slab:
 
 def slabs(plan: TilePlan) -> list[Slab]:
     """Group the windows of ``plan`` into slabs along the first axis of ``plan.padded_shape``."""
+    return group_windows(plan.windows, axis=0, length=int(plan.padded_shape[0]))
+
+
+def group_windows(windows: Sequence[Window], *, axis: int, length: int) -> list[Slab]:
+    """Group ``windows`` by their span along spatial ``axis`` of the buffer (``length`` long):
+    slabs (axis 0) or, within a slab of a volume, strips (axis 1)."""
     groups: dict[tuple[int, int], list] = {}
-    for w in plan.windows:
-        first = w.target[2]
+    for w in windows:
+        first = w.target[2 + axis]
         span = (
             (first, first + 1)
             if isinstance(first, (int, np.integer))
@@ -309,7 +342,7 @@ def slabs(plan: TilePlan) -> list[Slab]:
     keys = sorted(groups)
     out = []
     for i, (lo, hi) in enumerate(keys):
-        final = keys[i + 1][0] if i + 1 < len(keys) else int(plan.padded_shape[0])
+        final = keys[i + 1][0] if i + 1 < len(keys) else int(length)
         out.append(
             Slab(
                 lo=lo,
