@@ -263,7 +263,7 @@ def verdict_scores(
     reference : mapping or None
         The card's reference; ``reference["verdict"][method]`` may name the scores
         (``{"epistemic": key, "aleatoric": key, "chosen_by": text}``, chosen when the card's
-        reference was built; see :mod:`napari_probseg.training.demo`).
+        reference was built; see :mod:`napari_probseg.training.reference`).
     method : str
     source : str or sequence of str
     aggregation : str or None
