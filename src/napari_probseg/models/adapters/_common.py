@@ -111,3 +111,19 @@ def read_mapping(path: Path, *, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelCardError(f"{what}: {str(path)!r} does not hold a mapping")
     return data
+
+
+def sample_via_hypotheses(method: Any, x: Any, n: int, first_index: int = 0) -> Any:
+    """``method.sample`` of a whole-image adapter: hypotheses ``first_index ..`` of the raw image
+    ``x`` ``(1, C, *S)`` through its own ``predict_hypotheses``, as a tensor ``(n, K, *S)``."""
+    import numpy as np
+    import torch
+
+    image = x[0].detach().cpu().numpy()
+    indices = [first_index + j for j in range(int(n))]
+    out = np.empty((len(indices), method.n_classes, *image.shape[1:]), np.float32)
+    for rows, probs in method.predict_hypotheses(
+        image, scale=None, indices=indices, check_cancel=lambda: None
+    ):
+        out[rows] = probs
+    return torch.from_numpy(out)

@@ -41,7 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_probseg.models.adapters._common import folder_sha256, read_mapping, safe_torch_load
+from napari_probseg.models.adapters._common import (
+    folder_sha256,
+    read_mapping,
+    safe_torch_load,
+    sample_via_hypotheses,
+)
 from napari_probseg.models.errors import (
     MissingModelFileError,
     ModelCardError,
@@ -421,16 +426,8 @@ class MonaiBundleMethod:
 
     def sample(self, x: Any, n: int, *, generator: Any = None, first_index: int = 0) -> Any:
         """Probabilities ``(n, K, *S)`` for a raw image ``(1, C, *S)`` at unit spacing."""
-        import torch
 
-        image = x[0].detach().cpu().numpy()
-        indices = [first_index + j for j in range(int(n))]
-        out = np.empty((len(indices), self.n_classes, *image.shape[1:]), np.float32)
-        for rows, probs in self.predict_hypotheses(
-            image, scale=None, indices=indices, check_cancel=lambda: None
-        ):
-            out[rows] = probs
-        return torch.from_numpy(out)
+        return sample_via_hypotheses(self, x, n, first_index)
 
     def _probs(self, bundle: _Bundle, x: Any, flip: tuple[int, ...], seed: int | None) -> Any:
         import torch

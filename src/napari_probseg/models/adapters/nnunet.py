@@ -55,6 +55,7 @@ from napari_probseg.models.adapters._common import (
     read_mapping,
     require,
     safe_torch_load,
+    sample_via_hypotheses,
 )
 from napari_probseg.models.errors import (
     DimensionalityError,
@@ -393,7 +394,6 @@ class NNUNetMethod:
     ) -> Any:
         """Probabilities ``(n, K, *S)`` of hypotheses ``first_index ..`` for a raw image
         ``(1, C, *S)`` at the model's own spacing (the engine uses `predict_hypotheses`)."""
-        import torch
 
         if x.ndim != self.spatial_dims + 2 or x.shape[0] != 1:
             raise DimensionalityError(
@@ -402,14 +402,7 @@ class NNUNetMethod:
                 model_dims=self.spatial_dims,
                 image_dims=x.ndim - 2,
             )
-        image = x[0].detach().cpu().numpy()
-        indices = [first_index + j for j in range(int(n))]
-        out = np.empty((len(indices), self.n_classes, *image.shape[1:]), np.float32)
-        for rows, probs in self.predict_hypotheses(
-            image, scale=None, indices=indices, check_cancel=lambda: None
-        ):
-            out[rows] = probs
-        return torch.from_numpy(out)
+        return sample_via_hypotheses(self, x, n, first_index)
 
     # -- whole-image prediction ---------------------------------------------------------------
     def preprocess(self, image: np.ndarray, scale: Sequence[float] | None) -> tuple[Any, dict]:
