@@ -46,6 +46,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 _CHILD = """
 import json, resource, sys, tempfile, time
 from pathlib import Path
@@ -99,6 +101,75 @@ CASES = {
     "ssn": ("lesions3d-ssn", "ssn", 16, False),
     "ssn-zarr": ("lesions3d-ssn", "ssn", 16, True),
 }
+#: ``probseg predict --out`` as a user runs it (a .npy input; prediction, summary, output store)
+CLI_CASES = {
+    "cli-softmax": ("lesions3d-unet", "softmax", 1),
+    "cli-ssn": ("lesions3d-ssn", "ssn", 16),
+}
+
+_CLI_CHILD = """
+import json, resource, subprocess, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+tmp = Path(tempfile.mkdtemp())
+shape = tuple({shape!r})
+rng = np.random.default_rng(0)
+img = np.lib.format.open_memmap(tmp / "vol.npy", mode="w+", dtype=np.float32, shape=shape)
+for z in range(shape[0]):
+    img[z] = rng.normal(0.2, 0.1, size=shape[1:])
+img.flush()
+del img
+t0 = time.perf_counter()
+cmd = [sys.executable, "-m", "napari_probseg.cli", "predict", str(tmp / "vol.npy"), "--model",
+       {model!r}, "--method", {method!r}, "-n", str({n}), "--seed", "0", "--out",
+       str(tmp / "out.zarr"), "--json"]
+proc = subprocess.run(cmd, capture_output=True, text=True)
+dt = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+import shutil
+shutil.rmtree(tmp, ignore_errors=True)
+if proc.returncode:
+    raise SystemExit(proc.stderr[-2000:])
+summary = json.loads(proc.stdout)
+print(json.dumps({{"seconds": dt, "peak": peak, "input": int(np.prod(shape)) * 4,
+                  "regions": len(summary["regions"]["top"]),
+                  "timings": summary["timings"]}}))
+"""
+
+#: The summary alone, from a synthetic output store: block by block (ours) vs loaded whole
+#: (what ``probseg predict --out`` did before: ``engine.summarize`` took numpy arrays).
+_SUMMARY_CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np
+import zarr
+from napari_probseg.core import regions, structure  # noqa: F401 (imports before the base)
+from napari_probseg.core.summary import image_summary
+import scipy.sparse.csgraph  # noqa: F401
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+group = zarr.open_group({path!r}, mode="r")
+names = ("predictive_entropy", "expected_entropy", "mutual_information")
+maps = {{n: group[n] for n in names}}
+mean, samples = group["mean_probs"], group["samples"]
+base = rss()
+t0 = time.perf_counter()
+if {whole!r}:
+    maps = {{n: a[...] for n, a in maps.items()}}
+    mean, samples = mean[...], samples[...]
+s = image_summary(mean_probs=mean, maps=maps, samples=samples, method="ssn",
+                  source=("latent",), n_samples=samples.shape[0])
+dt = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+values = {{x["key"]: x["value"] for x in s["scores"]}}
+values.update({{"structure/" + m["measure"]: m["value"] for m in s["structure"]}})
+values["threshold"] = s["regions"]["threshold"]
+values["regions"] = [[r["size"], r["score"]] for r in s["regions"]["top"]]
+print(json.dumps({{"seconds": dt, "peak": peak, "base": base, "values": values}}))
+"""
 
 
 def run_case(name: str, shape: tuple[int, ...]) -> dict:
@@ -132,13 +203,143 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_bigvolume", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 64 x 128 x 128 volume")
     parser.add_argument("--full", action="store_true", help="the 300 x 512 x 512 CT volume")
-    parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
+    every = [*CASES, *CLI_CASES, "summary"]
+    parser.add_argument("--only", default=",".join(every), help="comma-separated cases")
     args = parser.parse_args(argv)
     shape = (300, 512, 512) if args.full else (64, 128, 128) if args.quick else (64, 192, 192)
-    for name in args.only.split(","):
-        row = run_case(name.strip(), shape)
-        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    for name in (n.strip() for n in args.only.split(",")):
+        if name == "summary":
+            rows = run_summary(shape)
+        elif name in CLI_CASES:
+            rows = [run_cli(name, shape)]
+        else:
+            rows = [run_case(name, shape)]
+        for row in rows:
+            print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return 0
+
+
+def _env() -> dict:
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    return {**os.environ, "PYTHONPATH": str(root / "src")}
+
+
+def run_cli(name: str, shape: tuple[int, ...]) -> dict:
+    """Peak RSS of the ``probseg predict --out`` process (prediction + summary + output)."""
+    model, method, n = CLI_CASES[name]
+    code = _CLI_CHILD.format(shape=shape, model=model, method=method, n=n)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "case": f"probseg predict --out, {method} N={n} {'x'.join(map(str, shape))} (.npy in)",
+        "input_mb": round(out["input"] / 1e6, 1),
+        "peak_rss_mb": round(out["peak"] / 1e6),
+        "rss_over_input": round(out["peak"] / out["input"], 2),
+        "goal": "<= 6x on 300x512x512",
+        "regions": out["regions"],
+        "summary_s": round(out["timings"].get("summary", float("nan")), 1),
+        "seconds": round(out["seconds"], 1),
+    }
+
+
+def write_synthetic_output(path: Path, shape: tuple[int, ...], n: int = 16) -> int:
+    """A prediction store like ``probseg predict --out`` writes (float32 maps in 64^3 chunks,
+    uint8 samples), filled slab by slab: nested spheres as samples, a shell of doubt plus
+    scattered blobs as maps. Returns the input-equivalent bytes (float32 volume)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    chunk = tuple(min(s, 64) for s in shape)
+    arrays = {
+        name: group.create_array(name, shape=shape, dtype="float32", chunks=chunk)
+        for name in ("predictive_entropy", "expected_entropy", "mutual_information")
+    }
+    mean = group.create_array("mean_probs", shape=(2, *shape), dtype="float32", chunks=(1, *chunk))
+    samples = group.create_array("samples", shape=(n, *shape), dtype="uint8", chunks=(1, *chunk))
+    rng = np.random.default_rng(0)
+    centre = [s / 2 for s in shape]
+    radius = min(shape) / 4
+    for a in range(0, shape[0], 64):
+        b = min(shape[0], a + 64)
+        z, y, x = np.ogrid[a:b, : shape[1], : shape[2]]
+        r = np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
+        p = 1 / (1 + np.exp((r - radius) / 3))
+        pe = -(p * np.log(p + 1e-12) + (1 - p) * np.log(1 - p + 1e-12))
+        blobs = (rng.random((b - a, *shape[1:])) < 2e-4).astype(np.float32)
+        pe = (pe + 0.6 * blobs + 0.01 * rng.random(pe.shape)).astype(np.float32)
+        arrays["predictive_entropy"][a:b] = pe
+        arrays["expected_entropy"][a:b] = 0.7 * pe
+        arrays["mutual_information"][a:b] = 0.3 * pe
+        mean[:, a:b] = np.stack([1 - p, p]).astype(np.float32)
+        for s in range(n):
+            samples[s, a:b] = (r < radius - 2 + 0.25 * s).astype(np.uint8)
+    return int(np.prod(shape)) * 4
+
+
+def run_summary(shape: tuple[int, ...]) -> list[dict]:
+    """The summary of a stored N = 16 prediction, block by block vs loaded whole, side by side
+    (``extra_over_input``: peak RSS above the process before reading, over the float32 volume)."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        input_bytes = write_synthetic_output(tmp / "out.zarr", shape)
+        root = str(Path(__file__).resolve().parents[1] / "src")
+        out = {}
+        for whole in (False, True):
+            code = _SUMMARY_CHILD.format(root=root, path=str(tmp / "out.zarr"), whole=whole)
+            proc = subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=_env(),
+            )
+            out[whole] = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    same = _same_values(out[False]["values"], out[True]["values"])
+    rows = []
+    for whole in (False, True):
+        o = out[whole]
+        rows.append(
+            {
+                "case": f"summary N=16 {'x'.join(map(str, shape))} "
+                + ("loaded whole (before)" if whole else "block by block from the store"),
+                "peak_rss_mb": round(o["peak"] / 1e6),
+                "extra_over_input": round((o["peak"] - o["base"]) / input_bytes, 2),
+                "seconds": round(o["seconds"], 1),
+            }
+        )
+    rows.append(
+        {
+            "case": "summary: block by block vs whole",
+            "peak_ratio": round(out[False]["peak"] / out[True]["peak"], 2),
+            "time_ratio": round(out[False]["seconds"] / out[True]["seconds"], 2),
+            "same_numbers": same,
+        }
+    )
+    return rows
+
+
+def _same_values(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    flat_a = json.dumps(a["regions"]) == json.dumps(b["regions"]) or all(
+        x[0] == y[0] and abs(x[1] - y[1]) <= 1e-9 * abs(y[1])
+        for x, y in zip(a["regions"], b["regions"])
+    )
+    scalars = all(
+        (a[k] is None and b[k] is None) or abs(a[k] - b[k]) <= 1e-9 * max(abs(b[k]), 1e-12)
+        for k in a
+        if k != "regions"
+    )
+    return bool(flat_a and scalars and len(a["regions"]) == len(b["regions"]))
 
 
 if __name__ == "__main__":

@@ -301,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             except MemoryError as exc:
                 raise CLIError(f"memory: {exc}", code=1) from None
+        del image  # the summary reads the maps and samples (from the store): free the input first
         if not quiet:
             for w in caught:
                 if issubclass(w.category, (RuntimeWarning, UserWarning)):

@@ -24,11 +24,17 @@ from scipy.spatial.distance import squareform
 from napari_probseg.core._validation import check_masks
 
 # The package's one IoU matrix (re-exported here for the structure measures' users).
-from napari_probseg.core.observer import iou_matrix
+from napari_probseg.core.observer import (
+    _DEFAULT_CHUNK,
+    _intersections,
+    _iou_from_counts,
+    iou_matrix,
+)
 
 __all__ = [
     "Envelope",
     "Hypothesis",
+    "SampleStructure",
     "cluster_entropy",
     "consensus",
     "distinct_hypotheses",
@@ -40,9 +46,8 @@ __all__ = [
     "volume_cov",
 ]
 
-# Voxels per chunk of the one-hot matrix products: float32 counts stay exact (< 2**24) per chunk
-# and are summed in float64 across chunks.
-_CHUNK_VOXELS = 1 << 20
+#: Voxels times samples per block when a whole mask set is added (bounds the temporaries).
+_BLOCK_VOXELS = 1 << 24
 
 
 def _log_scale(base: float | None) -> float:
@@ -53,35 +58,140 @@ def _log_scale(base: float | None) -> float:
     return math.log(base)
 
 
-def _overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per foreground class: intersections ``(C, Na, Nb)`` and sizes ``(C, Na)``, ``(C, Nb)``.
-
-    One matrix product of flattened one-hot masks per class (chunked over voxels), no Python
-    loop over pixels or pairs.
-    """
-    na, nb = a.shape[0], b.shape[0]
-    fa, fb = a.reshape(na, -1), b.reshape(nb, -1)
-    classes = np.union1d(np.unique(fa), np.unique(fb))
-    classes = classes[classes > 0]
-    inter = np.zeros((len(classes), na, nb))
-    size_a = np.zeros((len(classes), na))
-    size_b = np.zeros((len(classes), nb))
-    v = fa.shape[1]
-    for i, c in enumerate(classes):
-        for s in range(0, v, _CHUNK_VOXELS):
-            xa = (fa[:, s : s + _CHUNK_VOXELS] == c).astype(np.float32)
-            xb = xa if b is a else (fb[:, s : s + _CHUNK_VOXELS] == c).astype(np.float32)
-            inter[i] += xa @ xb.T
-            size_a[i] += xa.sum(axis=1)
-            size_b[i] += xb.sum(axis=1)
-    return inter, size_a, size_b
-
-
 def _mean_over_present(score: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Mean over classes present in either mask of a pair; 1 where no class is present."""
     count = present.sum(axis=0)
     total = np.where(present, score, 0.0).sum(axis=0)
     return np.where(count > 0, total / np.maximum(count, 1), 1.0)
+
+
+def _entropy(shares: np.ndarray, scale: float) -> float:
+    return float(max(-(shares * np.log(shares)).sum() / scale, 0.0)) + 0.0
+
+
+def _check_min_iou(min_iou: Any) -> None:
+    if not (isinstance(min_iou, (int, float)) and 0 < min_iou <= 1):
+        raise ValueError(f"min_iou: expected an IoU in (0, 1], got {min_iou!r}")
+
+
+def _group_samples(iou: np.ndarray, max_distance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Average-linkage clusters on ``1 - IoU`` cut at ``max_distance``: ids and distances."""
+    n = iou.shape[0]
+    dist = 1.0 - iou
+    np.fill_diagonal(dist, 0.0)
+    dist = np.clip((dist + dist.T) / 2, 0.0, 1.0)
+    if n == 1:
+        return np.ones(1, int), dist
+    tree = linkage(squareform(dist, checks=False), method="average")
+    return fcluster(tree, t=max_distance, criterion="distance"), dist
+
+
+class SampleStructure:
+    """What every structure measure reads from a mask set, accumulated over blocks of voxels.
+
+    The per-class intersection counts of every pair of samples (exact integers), a BLAKE2 hash
+    of each sample's labels and the per-voxel label entropy summed so far. The mask set is added
+    whole (:meth:`of`) or in blocks of rows of its first spatial axis, in order (the image
+    summary reads a streamed prediction's samples from disk this way); the measures are the same
+    numbers either way (the entropy sum to float rounding).
+
+    Parameters
+    ----------
+    n : int
+        Number of samples ``N``.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+        self._inter = np.zeros((0, self.n, self.n), np.int64)
+        self._hashes = [hashlib.blake2b(digest_size=16) for _ in range(self.n)]
+        self._factorized = 0.0  # nats
+
+    @classmethod
+    def of(cls, masks: Any) -> SampleStructure:
+        """Statistics of a whole mask set ``(N, *spatial)`` (validated)."""
+        arr = check_masks(masks, "masks")
+        stats = cls(arr.shape[0])
+        rows = max(1, _BLOCK_VOXELS // max(1, arr[0, 0].size * arr.shape[0]))
+        for start in range(0, arr.shape[1], rows):
+            stats.add(arr[:, start : start + rows])
+        return stats
+
+    def add(self, block: Any) -> None:
+        """Add the next rows ``(N, rows, *rest)`` of the mask set (integer labels >= 0)."""
+        arr = check_masks(block, "masks")
+        if arr.shape[0] != self.n:
+            raise ValueError(f"masks: expected {self.n} samples per block, got {arr.shape[0]}")
+        inter = _intersections([arr], None, _DEFAULT_CHUNK)
+        if inter.shape[0] > self._inter.shape[0]:
+            grown = np.zeros(inter.shape, np.int64)
+            grown[: self._inter.shape[0]] = self._inter
+            self._inter = grown
+        self._inter[: inter.shape[0]] += inter
+        for h, m in zip(self._hashes, arr):
+            # the samples of one set share a dtype, so equal labels are equal bytes; blocks of
+            # rows in order are the mask's C order (the same digest as the whole mask)
+            h.update(np.ascontiguousarray(m).data)
+        present = (
+            np.flatnonzero(np.bincount(arr.ravel()))  # small unsigned labels: no sort
+            if arr.dtype.kind == "u" and arr.itemsize <= 2
+            else np.unique(arr)
+        )
+        for lab in present:
+            f = np.count_nonzero(arr == lab, axis=0) / self.n
+            f = f[(f > 0) & (f < 1)]
+            self._factorized -= float((f * np.log(f)).sum())
+
+    @property
+    def areas(self) -> np.ndarray:
+        """Voxels of each foreground class in each sample, ``(C - 1, N)``."""
+        return np.diagonal(self._inter, axis1=1, axis2=2)
+
+    def iou(self) -> np.ndarray:
+        """The IoU matrix ``(N, N)``, as :func:`napari_probseg.core.observer.iou_matrix`."""
+        return _iou_from_counts(self._inter)
+
+    def pairwise_dice(self) -> float:
+        """See :func:`pairwise_dice`."""
+        if self.n < 2:
+            return float("nan")
+        sa = self.areas.astype(np.float64)
+        total = sa[:, :, None] + sa[:, None, :]
+        present = total > 0
+        dice = np.where(present, 2 * self._inter / np.maximum(total, 1), 0.0)
+        pair = _mean_over_present(dice, present)
+        return float(pair[np.triu_indices(self.n, k=1)].mean())
+
+    def volume_cov(self) -> float:
+        """See :func:`volume_cov`."""
+        vol = self.areas.sum(axis=0).astype(np.float64)
+        mean = vol.mean()
+        return float("nan") if mean == 0 else float(vol.std() / mean)
+
+    def digests(self) -> list[bytes]:
+        """One hash per sample; equal masks have equal digests."""
+        return [h.copy().digest() for h in self._hashes]
+
+    def sample_set_entropy(self, *, base: float | None = 2) -> float:
+        """See :func:`sample_set_entropy`."""
+        scale = _log_scale(base)
+        counts = Counter(self.digests())
+        return _entropy(np.array(list(counts.values()), np.float64) / self.n, scale)
+
+    def groups(self, max_distance: float) -> np.ndarray:
+        """Cluster id of each sample (the grouping of :func:`distinct_hypotheses`)."""
+        return _group_samples(self.iou(), max_distance)[0]
+
+    def cluster_entropy(self, *, min_iou: float = 0.8, base: float | None = 2) -> float:
+        """See :func:`cluster_entropy`."""
+        scale = _log_scale(base)
+        _check_min_iou(min_iou)
+        _, counts = np.unique(self.groups(1.0 - min_iou), return_counts=True)
+        return _entropy(counts / self.n, scale)
+
+    def factorized_entropy(self, *, base: float | None = 2) -> float:
+        """See :func:`factorized_entropy`."""
+        return max(self._factorized / _log_scale(base), 0.0)
 
 
 def pairwise_dice(masks: Any) -> float:
@@ -104,17 +214,7 @@ def pairwise_dice(masks: Any) -> float:
     ValueError
         Invalid masks.
     """
-    arr = check_masks(masks, "masks")
-    n = arr.shape[0]
-    if n < 2:
-        return float("nan")
-    inter, sa, _ = _overlaps(arr, arr)
-    total = sa[:, :, None] + sa[:, None, :]
-    present = total > 0
-    dice = np.where(present, 2 * inter / np.maximum(total, 1), 0.0)
-    pair = _mean_over_present(dice, present)
-    iu = np.triu_indices(n, k=1)
-    return float(pair[iu].mean())
+    return SampleStructure.of(masks).pairwise_dice()
 
 
 def volume_cov(masks: Any) -> float:
@@ -136,10 +236,7 @@ def volume_cov(masks: Any) -> float:
     ValueError
         Invalid masks.
     """
-    arr = check_masks(masks, "masks")
-    vol = np.count_nonzero(arr.reshape(arr.shape[0], -1), axis=1).astype(np.float64)
-    mean = vol.mean()
-    return float("nan") if mean == 0 else float(vol.std() / mean)
+    return SampleStructure.of(masks).volume_cov()
 
 
 def sample_set_entropy(masks: Any, *, base: float | None = 2) -> float:
@@ -156,19 +253,16 @@ def sample_set_entropy(masks: Any, *, base: float | None = 2) -> float:
     -------
     float
         ``-sum_m f_m log f_m`` over the distinct masks ``m`` (identified by a BLAKE2 hash of
-        their bytes), ``f_m`` the share of samples equal to ``m``. At most ``log N``.
+        their labels' bytes: the samples share one dtype), ``f_m`` the share of samples equal
+        to ``m``. At most ``log N``.
 
     Raises
     ------
     ValueError
         Invalid masks or ``base``.
     """
-    scale = _log_scale(base)
-    arr = check_masks(masks, "masks")
-    arr = np.ascontiguousarray(arr.astype(np.int64, copy=False))  # same labels, same bytes
-    counts = Counter(hashlib.blake2b(m.tobytes(), digest_size=16).digest() for m in arr)
-    f = np.array(list(counts.values()), np.float64) / arr.shape[0]
-    return float(max(-(f * np.log(f)).sum() / scale, 0.0))
+    _log_scale(base)
+    return SampleStructure.of(masks).sample_set_entropy(base=base)
 
 
 def cluster_entropy(masks: Any, *, min_iou: float = 0.8, base: float | None = 2) -> float:
@@ -199,13 +293,9 @@ def cluster_entropy(masks: Any, *, min_iou: float = 0.8, base: float | None = 2)
     ValueError
         Invalid masks, ``min_iou`` or ``base``.
     """
-    scale = _log_scale(base)
-    if not (isinstance(min_iou, (int, float)) and 0 < min_iou <= 1):
-        raise ValueError(f"min_iou: expected an IoU in (0, 1], got {min_iou!r}")
-    arr = check_masks(masks, "masks")
-    groups = distinct_hypotheses(arr, max_distance=1.0 - min_iou, max_hypotheses=arr.shape[0])
-    f = np.array([g.share for g in groups], np.float64)
-    return float(max(-(f * np.log(f)).sum() / scale, 0.0)) + 0.0
+    _log_scale(base)
+    _check_min_iou(min_iou)
+    return SampleStructure.of(masks).cluster_entropy(min_iou=min_iou, base=base)
 
 
 def _label_counts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,15 +329,8 @@ def factorized_entropy(masks: Any, *, base: float | None = 2) -> float:
     ValueError
         Invalid masks or ``base``.
     """
-    scale = _log_scale(base)
-    arr = check_masks(masks, "masks")
-    n = arr.shape[0]
-    total = 0.0
-    for lab in np.unique(arr):
-        f = np.count_nonzero(arr == lab, axis=0) / n
-        f = f[(f > 0) & (f < 1)]
-        total -= float((f * np.log(f)).sum())
-    return max(total / scale, 0.0)
+    _log_scale(base)
+    return SampleStructure.of(masks).factorized_entropy(base=base)
 
 
 def consensus(masks: Any) -> np.ndarray:
@@ -388,14 +471,7 @@ def distinct_hypotheses(
     if max_hypotheses < 1:
         raise ValueError(f"max_hypotheses: expected an integer >= 1, got {max_hypotheses!r}")
     n = arr.shape[0]
-    dist = 1.0 - iou_matrix(arr)
-    np.fill_diagonal(dist, 0.0)
-    dist = np.clip((dist + dist.T) / 2, 0.0, 1.0)
-    if n == 1:
-        groups = np.ones(1, int)
-    else:
-        tree = linkage(squareform(dist, checks=False), method="average")
-        groups = fcluster(tree, t=max_distance, criterion="distance")
+    groups, dist = _group_samples(iou_matrix(arr), max_distance)
     hypotheses = []
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)

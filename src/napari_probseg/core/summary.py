@@ -480,21 +480,11 @@ def verdict(
     }
 
 
-def _structure(samples: np.ndarray, cluster_iou: float) -> list[dict[str, Any]]:
-    from napari_probseg.core.structure import (
-        cluster_entropy,
-        distinct_hypotheses,
-        factorized_entropy,
-        pairwise_dice,
-        sample_set_entropy,
-        volume_cov,
-    )
-
-    n = int(samples.shape[0])
-    exact = sample_set_entropy(samples)
-    # distinct masks by content (np.unique(axis=0) builds a structured dtype with one field
-    # per voxel: ~230 ms holding the GIL on a 3D sample stack, a visible viewer stall)
-    n_distinct = len({np.ascontiguousarray(m).tobytes() for m in samples})
+def _structure(stats: Any, cluster_iou: float) -> list[dict[str, Any]]:
+    """The structure measures of a :class:`~napari_probseg.core.structure.SampleStructure`."""
+    n = stats.n
+    exact = stats.sample_set_entropy()
+    n_distinct = len(set(stats.digests()))
     saturated = n >= 2 and n_distinct == n
     exact_text = _STRUCTURE_TEXT["sample_set_entropy"]
     if saturated:
@@ -502,17 +492,16 @@ def _structure(samples: np.ndarray, cluster_iou: float) -> list[dict[str, Any]]:
             f"; saturated: all {n} samples differ, so it equals log2 N = {math.log2(n):.3g} "
             "and says nothing beyond N (read the cluster entropy)"
         )
-    groups = distinct_hypotheses(samples, max_distance=1.0 - cluster_iou, max_hypotheses=n)
-    cluster = cluster_entropy(samples, min_iou=cluster_iou)
+    n_clusters = len(np.unique(stats.groups(1.0 - cluster_iou)))
     return [
         {
             "measure": "pairwise_dice",
-            "value": pairwise_dice(samples),
+            "value": stats.pairwise_dice(),
             "aggregation": _STRUCTURE_TEXT["pairwise_dice"],
         },
         {
             "measure": "volume_cov",
-            "value": volume_cov(samples),
+            "value": stats.volume_cov(),
             "aggregation": _STRUCTURE_TEXT["volume_cov"],
         },
         {
@@ -525,29 +514,42 @@ def _structure(samples: np.ndarray, cluster_iou: float) -> list[dict[str, Any]]:
         },
         {
             "measure": "cluster_entropy",
-            "value": cluster,
+            "value": stats.cluster_entropy(min_iou=cluster_iou),
             "aggregation": _STRUCTURE_TEXT["cluster_entropy"].format(iou=cluster_iou),
             "min_iou": cluster_iou,
-            "n_clusters": len(groups),
+            "n_clusters": n_clusters,
         },
         {
             "measure": "factorized_entropy",
-            "value": factorized_entropy(samples),
+            "value": stats.factorized_entropy(),
             "aggregation": _STRUCTURE_TEXT["factorized_entropy"],
         },
     ]
 
 
-def _score_options(
-    agg: str | Mapping[str, Any], foreground: np.ndarray, patch_size: int
-) -> tuple[str, dict[str, Any]]:
-    options = dict(agg) if isinstance(agg, Mapping) else {"method": agg}
-    method = options.pop("method")
-    if method == "foreground_normalized":
-        options.setdefault("mask", foreground)
-    if method == "patch_max":
-        options.setdefault("patch_size", tuple(min(patch_size, s) for s in foreground.shape))
-    return method, options
+def _aggregators(
+    aggregations: Sequence[str | Mapping[str, Any]], spatial: tuple[int, ...], patch_size: int
+) -> list[tuple[Any, Any]]:
+    """One ``(MapAggregator, mask RowBlocks or "foreground" or None)`` per aggregation."""
+    from napari_probseg.core._blocks import RowBlocks
+    from napari_probseg.core.aggregate import MapAggregator
+
+    out = []
+    for agg in aggregations:
+        options = dict(agg) if isinstance(agg, Mapping) else {"method": agg}
+        method = options.pop("method")
+        mask = options.pop("mask", None)
+        if method == "foreground_normalized" and mask is None:
+            mask = "foreground"
+        if method == "patch_max":
+            options.setdefault("patch_size", tuple(min(patch_size, s) for s in spatial))
+        if mask is not None and not isinstance(mask, str):
+            mask = RowBlocks(mask)
+            if mask.shape != spatial:
+                raise ValueError(f"mask: shape {mask.shape} differs from umap's {spatial}")
+        acc = MapAggregator(method, shape=spatial, masked=mask is not None, **options)
+        out.append((acc, mask))
+    return out
 
 
 def image_summary(
@@ -581,6 +583,11 @@ def image_summary(
         ``expected_entropy`` (nats). Missing or None maps are not scored.
     samples : ndarray, shape (N, *spatial), or None
         Sample label masks (structure measures need N >= 1; none without samples).
+
+        Every array may be a numpy array, a torch tensor, or a zarr or dask array (a streamed
+        prediction's output store): they are read in blocks of rows of the first spatial axis
+        (:mod:`napari_probseg.core._blocks`), so the working memory is a block, not the image,
+        and the numbers are those of the whole arrays (sums to float rounding).
     method, source, n_samples, class_names
         The run's method name, randomness source(s), number of samples and class names.
     provenance : mapping, optional
@@ -622,8 +629,10 @@ def image_summary(
     ValueError
         ``region_map`` or ``highlight_share`` invalid; invalid aggregation names or options.
     """
-    from napari_probseg.core.aggregate import aggregate
-    from napari_probseg.core.regions import top_regions
+    from napari_probseg.core._blocks import RowBlocks, common_stride
+    from napari_probseg.core._validation import check_finite
+    from napari_probseg.core.regions import rank_regions
+    from napari_probseg.core.structure import SampleStructure
     from napari_probseg.core.uncertainty import term_meanings
 
     src = normalize_source(source)
@@ -636,8 +645,8 @@ def image_summary(
         raise ValueError(f"highlight_share: expected a share in (0, 1), got {highlight_share!r}")
     if not (isinstance(cluster_iou, (int, float)) and 0 < cluster_iou <= 1):
         raise ValueError(f"cluster_iou: expected an IoU in (0, 1], got {cluster_iou!r}")
-    probs = np.asarray(mean_probs)
-    foreground = probs.argmax(axis=0) > 0
+    probs = RowBlocks(mean_probs, lead=1)
+    spatial = probs.spatial
     decomposed = src != ("none",)
     map_names = ["predictive_entropy"]
     if decomposed:
@@ -646,12 +655,45 @@ def image_summary(
         ]
     if maps.get(region_map) is None:
         raise ValueError(f"region_map: the run has no {region_map!r} map")
+    umaps = {name: RowBlocks(maps[name]) for name in {*map_names, region_map}}
+    masks = None
+    if samples is not None and int(samples.shape[0]) >= 1:
+        masks = RowBlocks(samples, lead=1)
+    for name, blocks in [*umaps.items(), ("samples", masks)]:
+        if blocks is not None and blocks.spatial != spatial:
+            raise ValueError(f"{name}: spatial shape {blocks.spatial} differs from {spatial}")
+    every = [probs, *umaps.values(), *([masks] if masks is not None else [])]
+    stride = common_stride(every)
+    accs = {name: _aggregators(aggregations, spatial, patch_size) for name in map_names}
+    stats = SampleStructure(masks.shape[0]) if masks is not None else None
+    fg_voxels = 0
+    # One pass over the rows, ``stride`` rows of one input at a time, computed in blocks (a
+    # streamed prediction's maps and samples are read from its store, never whole).
+    for start in range(0, probs.n_rows, stride):
+        stop = min(probs.n_rows, start + stride)
+        foreground = np.concatenate(
+            [block.argmax(axis=0) > 0 for _, _, block in probs.blocks_in(start, stop)]
+        )
+        fg_voxels += int(np.count_nonzero(foreground))
+        for name in map_names:
+            for a, b, block in umaps[name].blocks_in(start, stop):
+                block = np.asarray(block, np.float64)
+                check_finite(block, "umap")
+                for acc, mask in accs[name]:
+                    if mask is None:
+                        acc.add(block)
+                    elif isinstance(mask, str):
+                        acc.add(block, foreground[a - start : b - start])
+                    else:
+                        acc.add(block, mask.read(a, b) != 0)
+        if stats is not None:
+            for _, _, block in masks.blocks_in(start, stop):
+                stats.add(block)
+        del block, foreground  # views keep their whole read alive
     scores = []
     for name in map_names:
-        umap = np.asarray(maps[name])
-        for agg in aggregations:
-            agg_name, options = _score_options(agg, foreground, patch_size)
-            score = aggregate(umap, method=agg_name, **options)
+        for acc, _ in accs[name]:
+            score = acc.result()
             scores.append(
                 {
                     "key": score_key(name, score.method),
@@ -664,11 +706,10 @@ def image_summary(
                     "description": score.description,
                 }
             )
-    structure = []
-    if samples is not None and len(samples) >= 1:
-        structure = _structure(np.asarray(samples), cluster_iou)
-    found = top_regions(
-        np.asarray(maps[region_map]),
+    structure = [] if stats is None else _structure(stats, cluster_iou)
+    threshold, found = rank_regions(
+        umaps[region_map],
+        shape=spatial,
         quantile=1.0 - highlight_share,
         min_size=min_size,
         max_regions=top_k,
@@ -677,7 +718,7 @@ def image_summary(
         "map": region_map,
         "label": term_label(region_map, src),
         "highlight_share": highlight_share,
-        "threshold": found.threshold,
+        "threshold": threshold,
         "min_size": min_size,
         "top": [
             {
@@ -689,7 +730,7 @@ def image_summary(
                 "mean": r.mean,
                 "max": r.max,
             }
-            for r in found.regions
+            for r in found
         ],
     }
     prov = dict(provenance or {})
@@ -702,10 +743,10 @@ def image_summary(
         "model": prov.get("card_name"),
         "card_sha256": prov.get("card_sha256"),
         "class_names": list(class_names),
-        "shape": list(foreground.shape),
+        "shape": list(spatial),
         "meanings": term_meanings(src),
         "labels": {name: term_label(name, src) for name in map_names},
-        "foreground": {"definition": FOREGROUND, "voxels": int(foreground.sum())},
+        "foreground": {"definition": FOREGROUND, "voxels": fg_voxels},
         "timings": prov.get("timings", {}),
         "scores": scores,
         "structure": structure,

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from napari_probseg.core.summary import (
     DEFAULT_AGGREGATIONS,
     DEFAULT_CLUSTER_IOU,
@@ -61,7 +59,9 @@ def summarize(
     dict
         :func:`napari_probseg.core.summary.image_summary` plus ``scale``.
     """
-    maps = result.maps.to_numpy() if hasattr(result.maps, "to_numpy") else result.maps
+    # a streamed result's maps and samples are zarr arrays in its output store: the summary
+    # reads them block by block (never whole, so the CLI's --out run keeps its memory bound)
+    maps = result.maps
     decomposed = result.meanings.get("mutual_information") is not None
     arrays = {"predictive_entropy": maps.predictive_entropy}
     if decomposed:
@@ -70,7 +70,7 @@ def summarize(
     summary = image_summary(
         mean_probs=maps.mean_probs,
         maps=arrays,
-        samples=_in_memory(result.samples),
+        samples=result.samples,
         method=result.method,
         source=result.source,
         n_samples=result.n_samples,
@@ -88,9 +88,3 @@ def summarize(
     summary["scale"] = [float(s) for s in result.scale]
     return summary
 
-
-def _in_memory(samples: Any) -> Any:
-    """``samples`` as a numpy array (a streamed result's samples are a zarr array on disk)."""
-    if samples is None or isinstance(samples, np.ndarray):
-        return samples
-    return np.asarray(samples[...])
