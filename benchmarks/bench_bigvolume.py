@@ -146,6 +146,9 @@ import zarr
 from napari_probseg.core import regions, structure  # noqa: F401 (imports before the base)
 from napari_probseg.core.summary import image_summary
 import scipy.sparse.csgraph  # noqa: F401
+import ctypes
+# as in a probseg predict process, where the engine fixes glibc's mmap threshold at 4 MB
+ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)
 
 def rss():
     for line in open("/proc/self/status"):
