@@ -6,7 +6,11 @@ model, streaming maps and uint8 samples into a zarr output store (``predict(...,
 - ``softmax`` (lesions3d-unet), ``mc_dropout`` N = 4 (lesions3d-unet), ``ssn`` N = 16
   (lesions3d-ssn): the goals are peak RSS <= 6x the input volume and, for SSN, one body pass per
   tile whatever N;
-- ``ssn`` N = 16 from a zarr input on disk (read slab by slab, never loaded whole).
+- ``ssn`` N = 16 from a zarr input on disk (read slab by slab, never loaded whole);
+- ``cli-softmax``, ``cli-ssn``: ``probseg predict VOL.npy --out`` as a user runs it (prediction,
+  then the summary read block by block from the output store), peak RSS of that process;
+- ``summary``: the summary alone from a synthetic N = 16 output store, block by block against
+  loaded whole (the ``--out`` path before), side by side in one run.
 
 Printed per case: ``rss_over_input`` = peak RSS / input bytes, ``extra_over_input`` = (peak RSS -
 RSS after importing torch, loading the model and making the input) / input bytes,
@@ -23,6 +27,10 @@ Measured here (2 cores shared with other jobs, load average 4-9; times indicativ
   with the input), 1.0 body pass per tile, 272 s; the session before (slabs without strips):
   1.79 GB = 5.7x, 155 s; before slab streaming: 7.47 GB (24x).
 
+- ``summary`` (2026-12-02, idle): the summary ``probseg predict --out`` computes after streaming,
+  from a synthetic N = 16 store: read block by block 1.04 GB peak RSS (0.95 GB = 3.0x the input
+  above the process), 66 s; loaded whole as before 3.50 GB (10.8x), 63 s; the same numbers.
+
 Where the memory of SSN N = 16 goes (512^2 planes): the process with torch and the model
 ~0.43 GB, the input 0.31 GB, one strip's blend buffer of all 16 samples (16 x 2 x 64 x 64 x 512
 float32) 0.27 GB, the slab's normalised input 0.07 GB, the column carry 0.07 GB, the network's
@@ -35,7 +43,7 @@ here); ``--full`` runs 300 x 512 x 512. On small volumes the fixed ~0.45 GB of t
 approaches its asymptote on big volumes (64 x 192 x 192 SSN, first version of the strips:
 1.09 GB, 1.0 body pass per tile, 45 s).
 
-    python -m benchmarks bigvolume [--quick] [--full] [--only softmax,ssn]
+    python -m benchmarks bigvolume [--quick] [--full] [--only=softmax,ssn,cli-ssn,summary]
 """
 
 from __future__ import annotations

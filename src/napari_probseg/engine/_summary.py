@@ -87,4 +87,3 @@ def summarize(
     )
     summary["scale"] = [float(s) for s in result.scale]
     return summary
-
