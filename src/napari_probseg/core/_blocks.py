@@ -20,9 +20,9 @@ from napari_probseg.core._validation import is_torch, to_numpy
 
 __all__ = ["BLOCK_ELEMENTS", "READ_BYTES", "RowBlocks", "common_stride"]
 
-#: Elements (voxels times the leading axis) per computed block: ~32 MB as float32, 64 MB as
+#: Elements (voxels times the leading axis) per computed block: ~8 MB as float32, 16 MB as
 #: float64, before the computation's temporaries.
-BLOCK_ELEMENTS = 1 << 23
+BLOCK_ELEMENTS = 1 << 21
 #: Bytes read at a time from an array on disk (one 64-row float32 chunk row of 512^2 planes).
 READ_BYTES = 1 << 26
 
