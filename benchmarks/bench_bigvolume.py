@@ -7,7 +7,7 @@ model, streaming maps and uint8 samples into a zarr output store (``predict(...,
   (lesions3d-ssn): the goals are peak RSS <= 6x the input volume and, for SSN, one body pass per
   tile whatever N;
 - ``ssn`` N = 16 from a zarr input on disk (read slab by slab, never loaded whole);
-- ``cli-softmax``, ``cli-ssn``: ``probseg predict VOL.npy --out`` as a user runs it (prediction,
+- ``cli-softmax``, ``cli-mc_dropout``, ``cli-ssn``: ``probseg predict VOL.npy --out`` as a user runs it (prediction,
   then the summary read block by block from the output store), peak RSS of that process;
 - ``summary``: the summary alone from a synthetic N = 16 output store, block by block against
   loaded whole (the ``--out`` path before), side by side in one run.
@@ -27,9 +27,14 @@ Measured here (2 cores shared with other jobs, load average 4-9; times indicativ
   with the input), 1.0 body pass per tile, 272 s; the session before (slabs without strips):
   1.79 GB = 5.7x, 155 s; before slab streaming: 7.47 GB (24x).
 
-- ``summary`` (2026-12-02, idle): the summary ``probseg predict --out`` computes after streaming,
-  from a synthetic N = 16 store: read block by block 1.04 GB peak RSS (0.95 GB = 3.0x the input
-  above the process), 66 s; loaded whole as before 3.50 GB (10.8x), 63 s; the same numbers.
+- ``summary`` (2026-12-02, load ~2): the summary ``probseg predict --out`` computes after
+  streaming, from a synthetic N = 16 store: read block by block 517 MB peak RSS (1.37x the input
+  above the process), 72 s; loaded whole as before 3.36 GB (10.4x), 79 s; the same numbers.
+  (An earlier version of this case wrote the store in the parent, whose RSS the children
+  inherited as ru_maxrss: it printed ~1.04 GB for the block-by-block side.)
+- ``cli-ssn`` (2026-12-02, load 1-3): ``probseg predict vol.npy --out`` with SSN N = 16 peaks at
+  1.73 GB = 5.51x the input, 525 s; ``cli-softmax`` 1.12 GB = 3.57x, 540 s (load 2-3). Before,
+  the CLI summarized from the whole maps and samples after streaming (~9x).
 
 Where the memory of SSN N = 16 goes (512^2 planes): the process with torch and the model
 ~0.43 GB, the input 0.31 GB, one strip's blend buffer of all 16 samples (16 x 2 x 64 x 64 x 512
@@ -112,6 +117,7 @@ CASES = {
 #: ``probseg predict --out`` as a user runs it (a .npy input; prediction, summary, output store)
 CLI_CASES = {
     "cli-softmax": ("lesions3d-unet", "softmax", 1),
+    "cli-mc_dropout": ("lesions3d-unet", "mc_dropout", 4),
     "cli-ssn": ("lesions3d-ssn", "ssn", 16),
 }
 
@@ -299,7 +305,18 @@ def run_summary(shape: tuple[int, ...]) -> list[dict]:
 
     tmp = Path(tempfile.mkdtemp())
     try:
-        input_bytes = write_synthetic_output(tmp / "out.zarr", shape)
+        # written by a child: a parent that grew while writing would lend its high-water RSS
+        # to the children it spawns (Linux carries ru_maxrss across fork/exec)
+        here = str(Path(__file__).resolve().parents[1])
+        write = (
+            f"import sys; sys.path.insert(0, {here!r}); from pathlib import Path; "
+            "from benchmarks.bench_bigvolume import write_synthetic_output as w; "
+            f"print(w(Path({str(tmp / 'out.zarr')!r}), {tuple(shape)!r}))"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", write], capture_output=True, text=True, check=True, env=_env()
+        )
+        input_bytes = int(proc.stdout.strip().splitlines()[-1])
         root = str(Path(__file__).resolve().parents[1] / "src")
         out = {}
         for whole in (False, True):
