@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from napari_probseg.core._blocks import RowBlocks
 from napari_probseg.core._validation import check_finite, to_numpy
 
 __all__ = ["Region", "TopRegions", "quantile_of", "rank_regions", "top_regions"]
@@ -117,7 +118,10 @@ def top_regions(
     check_finite(arr, "umap")
     connectivity = _check_options(arr.ndim, quantile, min_size, connectivity, max_regions)
 
-    threshold = quantile_of([(0, arr.shape[0], arr)], arr.size, quantile)
+    # selected in row blocks (bounded temporaries), on float32 keys when the map is float32
+    raw = np.asarray(to_numpy(umap))
+    values = raw if raw.dtype in (np.float16, np.float32) else arr
+    threshold = quantile_of(RowBlocks(values), arr.size, quantile)
     highlight = (arr >= threshold) & (arr > arr.min())
     structure = ndimage.generate_binary_structure(arr.ndim, connectivity)
     comp, n = ndimage.label(highlight, structure=structure)
