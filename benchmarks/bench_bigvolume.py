@@ -33,7 +33,8 @@ Measured here (2 cores shared with other jobs, load average 4-9; times indicativ
   (An earlier version of this case wrote the store in the parent, whose RSS the children
   inherited as ru_maxrss: it printed ~1.04 GB for the block-by-block side.)
 - ``cli-ssn`` (2026-12-02, load 1-3): ``probseg predict vol.npy --out`` with SSN N = 16 peaks at
-  1.73 GB = 5.51x the input, 525 s; ``cli-softmax`` 1.12 GB = 3.57x, 540 s (load 2-3). Before,
+  1.73 GB = 5.51x the input, 525 s; ``cli-mc_dropout`` N = 4 1.46 GB = 4.64x, 1042 s;
+  ``cli-softmax`` 1.12 GB = 3.57x, 540 s (load 2-3). Before,
   the CLI summarized from the whole maps and samples after streaming (~9x).
 
 Where the memory of SSN N = 16 goes (512^2 planes): the process with torch and the model
