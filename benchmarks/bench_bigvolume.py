@@ -196,11 +196,7 @@ def run_case(name: str, shape: tuple[int, ...]) -> dict:
     code = _CHILD.format(
         root=root, shape=shape, model=model, method=method, n=n, zarr_input=zarr_input
     )
-    env = {**__import__("os").environ, "PYTHONPATH": str(Path(root) / "src")}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-    )
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _child_json(code)
     return {
         "case": f"{name} N={n} {'x'.join(map(str, shape))} ({'zarr' if zarr_input else 'numpy'} in)",
         "input_mb": round(out["input"] / 1e6, 1),
@@ -244,14 +240,20 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(root / "src")}
 
 
+def _child_json(code: str):
+    """Run ``code`` in a fresh Python (the package's ``src`` on its path); return the JSON of
+    its last output line."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_cli(name: str, shape: tuple[int, ...]) -> dict:
     """Peak RSS of the ``probseg predict --out`` process (prediction + summary + output)."""
     model, method, n = CLI_CASES[name]
     code = _CLI_CHILD.format(shape=shape, model=model, method=method, n=n)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()
-    )
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _child_json(code)
     return {
         "case": f"probseg predict --out, {method} N={n} {'x'.join(map(str, shape))} (.npy in)",
         "input_mb": round(out["input"] / 1e6, 1),
@@ -259,7 +261,6 @@ def run_cli(name: str, shape: tuple[int, ...]) -> dict:
         "rss_over_input": round(out["peak"] / out["input"], 2),
         "goal": "<= 6x on 300x512x512",
         "regions": out["regions"],
-        "summary_s": round(out["timings"].get("summary", float("nan")), 1),
         "seconds": round(out["seconds"], 1),
     }
 
@@ -314,22 +315,12 @@ def run_summary(shape: tuple[int, ...]) -> list[dict]:
             "from benchmarks.bench_bigvolume import write_synthetic_output as w; "
             f"print(w(Path({str(tmp / 'out.zarr')!r}), {tuple(shape)!r}))"
         )
-        proc = subprocess.run(
-            [sys.executable, "-c", write], capture_output=True, text=True, check=True, env=_env()
-        )
-        input_bytes = int(proc.stdout.strip().splitlines()[-1])
+        input_bytes = int(_child_json(write))
         root = str(Path(__file__).resolve().parents[1] / "src")
         out = {}
         for whole in (False, True):
             code = _SUMMARY_CHILD.format(root=root, path=str(tmp / "out.zarr"), whole=whole)
-            proc = subprocess.run(
-                [sys.executable, "-c", code],
-                capture_output=True,
-                text=True,
-                check=True,
-                env=_env(),
-            )
-            out[whole] = json.loads(proc.stdout.strip().splitlines()[-1])
+            out[whole] = _child_json(code)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     same = _same_values(out[False]["values"], out[True]["values"])

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from model_helpers import tiny_card
 from napari_probseg.core._blocks import RowBlocks, common_stride
-from napari_probseg.core.aggregate import MapAggregator, aggregate
+from napari_probseg.core.aggregate import AGGREGATIONS, MapAggregator, aggregate
 from napari_probseg.core.regions import quantile_of, rank_regions, top_regions
 from napari_probseg.core.structure import (
     SampleStructure,
@@ -93,16 +93,7 @@ def test_regions_merged_across_blocks_equal_whole_map_regions(shape, rows, conne
         np.float64, st.tuples(st.integers(3, 12), st.integers(3, 9)), elements=st.floats(0, 1)
     ),
     rows=st.integers(1, 5),
-    method=st.sampled_from(
-        [
-            "mean",
-            "sum",
-            "foreground_normalized",
-            "patch_max",
-            "thresholded_mean",
-            "thresholded_share",
-        ]
-    ),
+    method=st.sampled_from(AGGREGATIONS),
 )
 def test_map_aggregator_in_blocks_equals_aggregate(umap, rows, method):
     mask = umap > 0.4
