@@ -199,11 +199,8 @@ def run_case(name: str, shape: tuple[int, ...]) -> dict:
     out = _child_json(code)
     return {
         "case": f"{name} N={n} {'x'.join(map(str, shape))} ({'zarr' if zarr_input else 'numpy'} in)",
-        "input_mb": round(out["input"] / 1e6, 1),
-        "peak_rss_mb": round(out["peak"] / 1e6),
-        "rss_over_input": round(out["peak"] / out["input"], 2),
+        **_memory(out),
         "extra_over_input": round((out["peak"] - out["base"]) / out["input"], 2),
-        "goal": "<= 6x on 300x512x512",
         "body_passes_per_tile": round(out["body_calls"] / max(out["tiles"], 1), 2),
         "tiles": out["tiles"],
         "batch": out["batch"],
@@ -240,6 +237,16 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(root / "src")}
 
 
+def _memory(out: dict) -> dict:
+    """The memory columns every case prints: input, peak RSS, their ratio and the goal."""
+    return {
+        "input_mb": round(out["input"] / 1e6, 1),
+        "peak_rss_mb": round(out["peak"] / 1e6),
+        "rss_over_input": round(out["peak"] / out["input"], 2),
+        "goal": "<= 6x on 300x512x512",
+    }
+
+
 def _child_json(code: str):
     """Run ``code`` in a fresh Python (the package's ``src`` on its path); return the JSON of
     its last output line."""
@@ -256,10 +263,7 @@ def run_cli(name: str, shape: tuple[int, ...]) -> dict:
     out = _child_json(code)
     return {
         "case": f"probseg predict --out, {method} N={n} {'x'.join(map(str, shape))} (.npy in)",
-        "input_mb": round(out["input"] / 1e6, 1),
-        "peak_rss_mb": round(out["peak"] / 1e6),
-        "rss_over_input": round(out["peak"] / out["input"], 2),
-        "goal": "<= 6x on 300x512x512",
+        **_memory(out),
         "regions": out["regions"],
         "seconds": round(out["seconds"], 1),
     }
