@@ -7,6 +7,9 @@ model, streaming maps and uint8 samples into a zarr output store (``predict(...,
   (lesions3d-ssn): the goals are peak RSS <= 6x the input volume and, for SSN, one body pass per
   tile whatever N;
 - ``ssn`` N = 16 from a zarr input on disk (read slab by slab, never loaded whole);
+- ``ssn-n64``: SSN N = 64, more samples than one batch holds: each tile's body kept between the
+  sample batches (``engine/_windows.BodyCache``) against a body per tile and batch (before),
+  side by side in one run, with a digest of the samples (the same);
 - ``cli-softmax``, ``cli-mc_dropout``, ``cli-ssn``: ``probseg predict VOL.npy --out`` as a user runs it (prediction,
   then the summary read block by block from the output store), peak RSS of that process;
 - ``summary``: the summary alone from a synthetic N = 16 output store, block by block against
@@ -49,7 +52,7 @@ here); ``--full`` runs 300 x 512 x 512. On small volumes the fixed ~0.45 GB of t
 approaches its asymptote on big volumes (64 x 192 x 192 SSN, first version of the strips:
 1.09 GB, 1.0 body pass per tile, 45 s).
 
-    python -m benchmarks bigvolume [--quick] [--full] [--only=softmax,ssn,cli-ssn,summary]
+    python -m benchmarks bigvolume [--quick] [--full] [--only=softmax,ssn,ssn-n64,cli-ssn,summary]
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ def rss():
             return int(line.split()[1]) * 1024
 shape = tuple({shape!r})
 method = load_method({model!r}, {method!r})
+if not {keep_bodies!r}:  # the engine before BodyCache: a body per tile and sample batch
+    method.body_bytes = lambda patch: 0
 body = getattr(method.network, "body", None) or method.network
 calls = [0]
 body.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
@@ -100,9 +105,14 @@ res = engine.run_prediction(img, method, n_samples={n}, seed=0, device="cpu",
                             output=tmp / "out.zarr")
 dt = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-import shutil
+import hashlib, shutil
+digest = hashlib.blake2b(digest_size=8)  # of the samples, read slab by slab after the peak
+for z in range(0, shape[0], 16):
+    digest.update(np.asarray(res.samples[:, z:z + 16]).tobytes())
 shutil.rmtree(tmp, ignore_errors=True)
 print(json.dumps({{"seconds": dt, "peak": peak, "base": base, "input": input_bytes,
+                  "samples_digest": digest.hexdigest(),
+                  "body_passes": res.provenance["memory"].get("body_passes"),
                   "tiles": res.provenance["tiling"]["n_tiles"], "body_calls": calls[0],
                   "batch": res.provenance["batch_size"],
                   "mode": res.provenance["memory"]["mode"],
@@ -114,6 +124,7 @@ CASES = {
     "mc_dropout": ("lesions3d-unet", "mc_dropout", 4, False),
     "ssn": ("lesions3d-ssn", "ssn", 16, False),
     "ssn-zarr": ("lesions3d-ssn", "ssn", 16, True),
+    "ssn-n64": ("lesions3d-ssn", "ssn", 64, False),  # run by run_bodies, side by side
 }
 #: ``probseg predict --out`` as a user runs it (a .npy input; prediction, summary, output store)
 CLI_CASES = {
@@ -190,11 +201,17 @@ print(json.dumps({{"seconds": dt, "peak": peak, "base": base, "values": values}}
 """
 
 
-def run_case(name: str, shape: tuple[int, ...]) -> dict:
+def run_case(name: str, shape: tuple[int, ...], *, keep_bodies: bool = True) -> dict:
     model, method, n, zarr_input = CASES[name]
     root = str(Path(__file__).resolve().parents[1])
     code = _CHILD.format(
-        root=root, shape=shape, model=model, method=method, n=n, zarr_input=zarr_input
+        root=root,
+        shape=shape,
+        model=model,
+        method=method,
+        n=n,
+        zarr_input=zarr_input,
+        keep_bodies=keep_bodies,
     )
     out = _child_json(code)
     return {
@@ -207,7 +224,26 @@ def run_case(name: str, shape: tuple[int, ...]) -> dict:
         "mode": out["mode"],
         "estimate_mb": round(out["estimate"] / 1e6),
         "seconds": round(out["seconds"], 1),
+        "samples_digest": out["samples_digest"],
     }
+
+
+def run_bodies(shape: tuple[int, ...]) -> list[dict]:
+    """SSN N = 64 (several sample batches per strip): each tile's body kept between the batches
+    (ours) vs run once per tile and batch (before), side by side; the same samples."""
+    kept = run_case("ssn-n64", shape)
+    again = run_case("ssn-n64", shape, keep_bodies=False)
+    kept["case"] += ", bodies kept between batches"
+    again["case"] += ", a body per tile and batch (before)"
+    ratio = {
+        "case": "ssn-n64 kept / before",
+        "time_ratio": round(kept["seconds"] / max(again["seconds"], 1e-9), 2),
+        "peak_ratio": round(kept["peak_rss_mb"] / max(again["peak_rss_mb"], 1), 2),
+        "body_passes_per_tile": f"{kept['body_passes_per_tile']} vs "
+        f"{again['body_passes_per_tile']}",
+        "same_samples": kept["samples_digest"] == again["samples_digest"],
+    }
+    return [kept, again, ratio]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in (n.strip() for n in args.only.split(",")):
         if name == "summary":
             rows = run_summary(shape)
+        elif name == "ssn-n64":
+            rows = run_bodies(shape)
         elif name in CLI_CASES:
             rows = [run_cli(name, shape)]
         else:

@@ -182,6 +182,68 @@ def test_ssn_body_runs_once_per_tile_with_16_samples(ssn3d, tmp_path):
     _same(res, ref)  # the same hypotheses as an in-memory run of all 16 at once
 
 
+def _body_module(method):
+    """The module whose forward is the method's shared body (Laplace: the whole MAP network)."""
+    return getattr(method.network, "body", method.network)
+
+
+@pytest.mark.parametrize(
+    "wrapper,name", [("ssn", "ssn"), ("prob_unet", "prob_unet"), ("plain", "laplace")]
+)
+def test_shared_body_runs_once_per_tile_whatever_n(tmp_path, wrapper, name):
+    """N = 64 hypotheses take several sample batches (at most 32 per batch), on the streaming
+    and on the whole-image path; each tile's body is kept between them, so it runs once per tile,
+    and the samples are those of one batch of all 64 (whose body runs once per tile anyway)."""
+    from napari_probseg.models import load_method
+    from test_models import make_card
+
+    method = load_method(make_card(tmp_path, wrapper, 3).path, name, device="cpu")
+    img = _image((20, 40, 40), seed=5)
+    kw = dict(n_samples=64, seed=3, device="cpu", patch_size=(16, 16, 16))
+    calls = [0]
+    handle = _body_module(method).register_forward_hook(
+        lambda *_: calls.__setitem__(0, calls[0] + 1)
+    )
+    try:
+        streamed = engine.run_prediction(img, method, output=tmp_path / "out.zarr", **kw)
+        n_tiles = streamed.provenance["tiling"]["n_tiles"]
+        assert streamed.provenance["memory"]["mode"] == "slab"
+        assert streamed.provenance["batch_size"] < 64  # several batches per strip
+        assert calls[0] == n_tiles > 1
+        assert streamed.provenance["memory"]["body_passes"] == n_tiles
+        calls[0] = 0
+        whole = engine.run_prediction(img, method, streaming=False, batch_size=7, **kw)
+        assert calls[0] == n_tiles  # 10 batches, one body pass per tile
+        calls[0] = 0
+        ref = engine.run_prediction(img, method, streaming=False, batch_size=64, **kw)
+        assert calls[0] == n_tiles and ref.provenance["memory"]["body_passes"] is None
+    finally:
+        handle.remove()
+    _same(streamed, ref)
+    _same(whole, ref)
+
+
+def test_bodies_that_do_not_fit_run_once_per_batch_and_say_so(ssn3d):
+    """A budget the kept bodies would fill more than half of: they are not kept, each batch runs
+    the body (the same samples), and the result's notes say why it was slower."""
+    img = _image((20, 40, 72), seed=6)
+    kw = dict(n_samples=6, seed=1, device="cpu", patch_size=(16, 32, 32), batch_size=2)
+    calls, handle = _count_body_calls(ssn3d)
+    try:
+        tight = engine.run_prediction(img, ssn3d, streaming=True, memory_budget_bytes=2e5, **kw)
+    finally:
+        handle.remove()
+    n_tiles = tight.provenance["tiling"]["n_tiles"]
+    assert calls[0] == 3 * n_tiles  # 3 batches of 2
+    assert tight.provenance["memory"]["body_cache_bytes"] == 0
+    assert any(
+        "once per tile and batch (3 batches of 2)" in n for n in tight.provenance["warnings"]
+    )
+    kept = engine.run_prediction(img, ssn3d, streaming=True, **kw)
+    assert kept.provenance["memory"]["body_passes"] == n_tiles
+    _same(tight, kept)
+
+
 def test_strips_and_disk_carry_equal_the_whole_image_path_in_3d(tmp_path):
     method = TinyMethod(spatial_dims=3, kernel=3)
     img = _image((21, 30, 26), seed=4)

@@ -35,6 +35,7 @@ from napari_probseg.engine._stream import (
 from napari_probseg.engine._tiling import TilePlan, crop, pad_image, plan_tiles
 from napari_probseg.engine._types import Cancelled, PredictionResult, Progress
 from napari_probseg.engine._windows import (
+    BodyCache,
     accepts_first_index,
     argmax_into,
     balanced,
@@ -91,9 +92,12 @@ def predict(
     and compared with what the process may still allocate; when it does not fit, the engine
     streams slab by slab instead (``engine/_slabs.py``: memory of one strip of tiles of a slab,
     outputs optionally on disk via ``output``), and when even that does not fit it raises
-    ``MemoryError`` at once, saying how much is needed and how much is available. Streaming, all
-    N samples usually fit one batch, so methods whose network body is shared by the hypotheses
-    (``shared_body``: SSN, prob. U-Net, Laplace) run it once per tile.
+    ``MemoryError`` at once, saying how much is needed and how much is available. Methods whose
+    network body is shared by the hypotheses (``Method.body``: SSN, prob. U-Net, Laplace) run it
+    once per tile whatever N: within a batch it serves all the batch's hypotheses, and when N
+    takes several batches each tile's body is kept between them (``engine/_windows.BodyCache``,
+    given at most half the batch budget; when it does not fit, the result's warnings say that the
+    body ran once per tile and batch).
 
     Parameters
     ----------
@@ -417,7 +421,14 @@ def _run(
         # shared-body methods (SSN, prob. U-Net, Laplace, softmax) run the body once per batch
         return k * tile_vox * 4 * factor * (1 if shared else bb)
 
-    def estimate(mode: str, bb: int) -> MemoryEstimate:
+    # a shared body is kept between the sample batches of a group of windows (the whole image,
+    # or one strip of a slab) when there are several batches: once per tile whatever N
+    body_bytes = int(method.body_bytes(tuple(plan.patch_size))) if _has_body(method) else 0
+
+    def bodies_bytes(mode: str) -> float:
+        return body_bytes * (len(plan.windows) if mode == "whole" else stream["strip_windows"])
+
+    def estimate(mode: str, bb: int, keep_bodies: bool = False) -> MemoryEstimate:
         return estimate_memory(
             mode=mode,
             n_classes=k,
@@ -432,6 +443,7 @@ def _run(
             keep_samples=keep_samples,
             outputs_in_memory=output is None,
             activation_bytes=activations(bb),
+            body_cache_bytes=bodies_bytes(mode) if keep_bodies else 0.0,
         )
 
     available = available_memory()
@@ -449,27 +461,48 @@ def _run(
             "available; write to an output store (output=..., CLI --out streams to disk), "
             "pass keep_samples=False, or use fewer samples or a smaller patch"
         )
+    batch_budget = budget or memory_budget(dev)
+    # the bodies take at most half the batch budget: the rest keeps the batches large
+    bodies_fit = 0 < bodies_bytes(mode) <= batch_budget / 2
     if batch_size is None:
         # the blend buffer of one sample: the whole image, or one strip of a slab
         buffer_voxels = int(np.prod(plan.padded_shape)) if mode == "whole" else stream["buffer"]
         per = bytes_per_sample(
             k, tile_vox, buffer_voxels, activation_factor=8.0 if shared else factor
         )
-        b = balanced(auto_batch_size(n_total, per, budget or memory_budget(dev)), n_total)
+        b = auto_batch_size(n_total, per, batch_budget)
+        if b < n_total and bodies_fit:
+            b = auto_batch_size(n_total, per, batch_budget - bodies_bytes(mode))
+        b = balanced(b, n_total)
     else:
         b = min(batch_size, n_total)
-    while b > 1 and estimate(mode, b).additional > available:
+    keep_bodies = b < n_total and bodies_fit
+    while b > 1 and estimate(mode, b, keep_bodies).additional > available:
         b = balanced(max(1, b // 2), n_total)
+    if keep_bodies and estimate(mode, b, keep_bodies).additional > available:
+        keep_bodies = False
+    if b < n_total and body_bytes and not keep_bodies:
+        warn(
+            f"memory: the network bodies of a tile group ({bodies_bytes(mode) / 2**20:.0f} MiB) "
+            f"do not fit beside the sample batches; the body runs once per tile and batch "
+            f"({-(-n_total // b)} batches of {b})",
+            emit=False,
+        )
+    bodies = BodyCache(bodies_bytes(mode)) if keep_bodies else None
     first_batch = b
     memory_info = {
         "mode": mode,
-        "estimate_bytes": round(estimate(mode, b).total),
-        "additional_bytes": round(estimate(mode, b).additional),
+        "estimate_bytes": round(estimate(mode, b, keep_bodies).total),
+        "additional_bytes": round(estimate(mode, b, keep_bodies).additional),
         "available_bytes": None if available == float("inf") else round(available),
+        "body_cache_bytes": round(bodies_bytes(mode)) if keep_bodies else 0,
+        "body_passes": None,  # bodies computed, when they are kept between batches
     }
 
     def finish(maps: Any, samples: Any, b: int, output_path: Any) -> PredictionResult:
         # the one call both paths end with (late binding: values as at the call)
+        if bodies is not None:
+            memory_info["body_passes"] = bodies.passes
         return _finish(
             image=image,
             arr=arr,
@@ -516,6 +549,7 @@ def _run(
             label_dtype=label_dtype,
             map_dtype=map_dtype,
             warn=warn,
+            bodies=bodies,
         )
         maps, samples, b, output_path = result
         timings["sample"] = time.perf_counter() - t0
@@ -560,6 +594,7 @@ def _run(
                     dev=dev,
                     check_cancel=check_cancel,
                     on_window=_window_progress(done, bj, n_total, n_windows),
+                    bodies=bodies if bj < n_total else None,  # kept only to be reused
                 )
             except Exception as exc:
                 if not is_out_of_memory(exc):
@@ -575,6 +610,8 @@ def _run(
                     )
                     dev = torch.device("cpu")
                     method = method.to(dev)
+                    if bodies is not None:
+                        bodies.clear()  # computed on the other device
                     per = bytes_per_sample(
                         k, int(np.prod(plan.patch_size)), int(np.prod(plan.padded_shape))
                     )
@@ -617,6 +654,11 @@ def _run(
     maps = acc.result()
     timings["finalize"] = time.perf_counter() - t2
     return finish(maps, samples, b, None)
+
+
+def _has_body(method: Any) -> bool:
+    """Whether ``method`` splits off a hypothesis-independent body (``Method.body``)."""
+    return callable(getattr(method, "body", None)) and callable(getattr(method, "body_bytes", None))
 
 
 def _domain_check(arr: Any, norm: dict, card: Any, *, scale: Any) -> dict:

@@ -13,9 +13,11 @@ output store when there is one). Hypothesis ``i`` is the same in every tile and 
 (``Method.sample(..., first_index=i)``), so the result equals the whole-image path's up to float
 rounding of the blend sums.
 
-With every sample in one batch, a network body shared by the hypotheses (SSN, prob. U-Net,
-Laplace; ``Method.shared_body``) runs once per tile: the strip buffer is what makes that batch
-fit (``N*K*P0*P1*X`` floats instead of ``N*K*P0*Y*X`` for a whole slab).
+A network body shared by the hypotheses (SSN, prob. U-Net, Laplace; ``Method.body``) runs once
+per tile whatever N: with every sample in one batch because the strip buffer is what makes that
+batch fit (``N*K*P0*P1*X`` floats instead of ``N*K*P0*Y*X`` for a whole slab), and with several
+batches because the strip's bodies are kept between them (``engine/_windows.BodyCache``, about
+``(R + 2) * K`` floats per voxel of the strip's tiles for an SSN of rank R).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from napari_probseg.engine._stream import (
 from napari_probseg.engine._tiling import Slab, TilePlan, group_windows, pad_image, slabs
 from napari_probseg.engine._types import Progress
 from napari_probseg.engine._windows import (
+    BodyCache,
     accepts_first_index,
     argmax_into,
     batch_seed,
@@ -69,12 +72,13 @@ def strips_of(slab: Slab, plan: TilePlan, split: bool) -> list[Slab]:
 def geometry(plan: TilePlan, spatial_dims: int) -> dict:
     """Sizes of the streaming buffers (voxels per sample and class), for the memory estimate:
     ``buffer`` (a strip), ``row_carry`` (slab to slab), ``col_carry`` (strip to strip),
-    ``final`` (the region one strip finalises) and ``slab_input`` (a slab's input rows)."""
+    ``final`` (the region one strip finalises) and ``slab_input`` (a slab's input rows); and
+    ``strip_windows``, the most windows of a strip (the bodies kept between its batches)."""
     split = strip_plan(plan, spatial_dims)
     padded = tuple(plan.padded_shape)
     rest = int(np.prod(padded[2:])) if len(padded) > 2 else 1
     plane = int(np.prod(padded[1:]))
-    out = dict(buffer=0, row_carry=0, col_carry=0, final=0, slab_input=0)
+    out = dict(buffer=0, row_carry=0, col_carry=0, final=0, slab_input=0, strip_windows=0)
     for slab in slabs(plan):
         rows = slab.hi - slab.lo
         out["row_carry"] = max(out["row_carry"], (slab.hi - slab.final) * plane)
@@ -82,6 +86,7 @@ def geometry(plan: TilePlan, spatial_dims: int) -> dict:
         for strip in strips_of(slab, plan, split):
             cols = strip.hi - strip.lo
             out["buffer"] = max(out["buffer"], rows * cols * rest)
+            out["strip_windows"] = max(out["strip_windows"], len(strip.windows))
             out["col_carry"] = max(out["col_carry"], rows * (strip.hi - strip.final) * rest)
             out["final"] = max(
                 out["final"], (slab.final - slab.lo) * (strip.final - strip.lo) * rest
@@ -160,12 +165,15 @@ def run_slabs(
     outputs: dict,
     warn: Callable[..., None],
     scratch: Any = None,
+    bodies: BodyCache | None = None,
 ) -> Generator[Progress, None, tuple[Any, int]]:
     """Slab by slab, strip by strip: blend, finalise and write; return (volumes, batch).
 
     ``outputs`` holds the arrays to fill (numpy or zarr): ``mean_probs``, ``variance`` (K, *S),
     ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` (*S) and ``samples``
     (N, *S) or None. ``scratch``: a folder for the slab-to-slab carry (None: in memory).
+    ``bodies``: keeps each strip's network bodies between its sample batches (None: each batch
+    runs them).
     Progress events count (window, batch) passes: ``tiles_done`` of ``tiles_total`` windows of
     the plan, ``samples_done`` = N once the last strip is complete.
     """
@@ -237,6 +245,8 @@ def run_slabs(
                 accs = [acc() for _ in chunks]  # for batches of fewer than N samples
                 maps = _region_maps(k, (n_final, img_cols, *spatial[2:])) if finalise else None
                 done = 0
+                if bodies is not None:
+                    bodies.clear()  # a new strip: new windows
                 while done < n_total:
                     bj = min(b, n_total - done)
                     buf = torch.zeros((bj, k, rows, cols, *padded[2:]), dtype=torch.float32)
@@ -273,6 +283,7 @@ def run_slabs(
                             dev=dev,
                             check_cancel=check_cancel,
                             on_window=on_window,
+                            bodies=bodies if bj < n_total else None,  # kept only to be reused
                         )
                     except Exception as exc:
                         if not is_out_of_memory(exc) or bj == 1:
@@ -323,6 +334,8 @@ def run_slabs(
                     accs[c] = None  # free each chunk's sums once used
                 if finalise:
                     _write_maps(outputs, maps, region)  # one write per strip and map
+                if bodies is not None:
+                    bodies.clear()
                 col_in = col_out
                 release_freed_memory()  # the strip's buffers, back to the system
             carried = carry_out
@@ -377,6 +390,7 @@ def run_slab_mode(
     label_dtype: Any,
     warn: Callable[..., None],
     map_dtype: str = "float32",
+    bodies: BodyCache | None = None,
 ) -> Generator[Progress, None, tuple]:
     """Allocate the outputs (numpy, or a zarr store at ``output``), run the slabs, build maps."""
     from napari_probseg.core.uncertainty import UncertaintyMaps
@@ -428,6 +442,7 @@ def run_slab_mode(
             outputs=outputs,
             warn=warn,
             scratch=tmp,
+            bodies=bodies,
         )
     except Exception as exc:
         if tmp is not None:

@@ -250,13 +250,16 @@ def estimate_memory(
     keep_samples: bool,
     outputs_in_memory: bool,
     activation_bytes: float,
+    body_cache_bytes: float = 0.0,
 ) -> MemoryEstimate:
     """Estimate the peak memory of a prediction before running it.
 
     ``mode`` is ``"whole"`` (whole-image buffers) or ``"slab"`` (``engine/_slabs.py``);
     ``stream`` the voxels per sample and class of the streaming buffers
     (:func:`napari_probseg.engine._slabs.geometry`); ``activation_bytes`` the network's working
-    memory for one batch on one tile. The slab-to-slab carry lives on disk when the outputs do.
+    memory for one batch on one tile; ``body_cache_bytes`` the network bodies kept between sample
+    batches (``engine/_windows.BodyCache``). The slab-to-slab carry lives on disk when the
+    outputs do.
     """
     k, n, b = int(n_classes), int(n_samples), int(batch)
     v = float(np.prod(image_shape))
@@ -277,6 +280,7 @@ def estimate_memory(
         final = float(stream["final"])
         parts["accumulator"] = (2 * k + 1) * final * 8 + (2 * k + 4) * final * 4
     parts["network"] = float(activation_bytes) + b * k * tile_voxels * 4
+    parts["network bodies"] = float(body_cache_bytes)
     parts["samples"] = n * v if keep_samples and outputs_in_memory else 0.0
     parts["maps"] = (2 * k + 3) * v * 4 if outputs_in_memory else 0.0
     return MemoryEstimate(parts=parts, mode=mode)

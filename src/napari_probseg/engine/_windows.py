@@ -3,7 +3,9 @@
 :func:`blend_windows` is the one place that calls ``method.sample`` on a window, checks what it
 returned and blends it (edge-ramp weights, ``engine/_tiling.py``) into a buffer; the whole-image
 path (``engine/_predict.py``) and the slab/strip path (``engine/_slabs.py``) differ only in the
-buffer they give it and in what they do with it afterwards.
+buffer they give it and in what they do with it afterwards. :class:`BodyCache` keeps the network
+body of a window (``Method.body``) between the sample batches of those windows, so a shared body
+runs once per tile whatever the number of batches.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def blend_windows(
     dev: Any,
     check_cancel: Callable[[], None],
     on_window: Callable[[int], Progress | None],
+    bodies: BodyCache | None = None,
 ) -> Generator[Progress, None, None]:
     """Blend hypotheses ``first_index .. first_index + bj - 1`` of every window into ``buf``.
 
@@ -57,6 +60,9 @@ def blend_windows(
         Raises :class:`~napari_probseg.engine.Cancelled`; checked before every window.
     on_window : callable
         Called with the window's position after it is blended; a returned event is yielded.
+    bodies : BodyCache, optional
+        Network bodies of ``windows`` by position, kept from an earlier batch of the same
+        windows (and filled here); None, or a method without a body: ``sample`` runs it.
     """
     import torch
 
@@ -65,9 +71,13 @@ def blend_windows(
         check_cancel()
         x = source[window.source].unsqueeze(0).to(dev)
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        body = None
         with torch.inference_mode():
             if first_index is None:
                 out = method.sample(x, bj, generator=generator)
+            elif bodies is not None:
+                body = bodies.body(w_i, method, x)
+                out = method.sample(x, bj, generator=generator, first_index=first_index, body=body)
             else:
                 out = method.sample(x, bj, generator=generator, first_index=first_index)
         expected = (bj, k, *x.shape[2:])
@@ -82,9 +92,78 @@ def blend_windows(
         else:
             buf[window.target] = probs
         del out, probs, x
+        body = None
         event = on_window(w_i)
         if event is not None:
             yield event
+
+
+class BodyCache:
+    """Network bodies (``Method.body``) of a group of windows, kept between sample batches.
+
+    The engine runs the sample batches of a group of windows (a strip of a slab, or the whole
+    image) one after another; without this, a method whose body all hypotheses share would run
+    it once per tile *and batch*. Bodies are stored on the CPU (moved back to the compute device
+    when used) while they fit ``limit_bytes``; a body past the limit is computed again by every
+    batch (so an estimate that was too small costs time, never memory).
+
+    Attributes
+    ----------
+    passes : int
+        Bodies computed so far (over every group: :meth:`clear` keeps the count).
+    peak_bytes : int
+        Most bytes held at once.
+    """
+
+    def __init__(self, limit_bytes: float) -> None:
+        self.limit_bytes = float(limit_bytes)
+        self.passes = 0
+        self.peak_bytes = 0
+        self._held: dict[int, Any] = {}
+        self._bytes = 0
+
+    def body(self, key: int, method: Any, x: Any) -> Any:
+        """The body of ``method`` on window ``key``'s input ``x`` (1, C, *patch), on x's device:
+        from the cache, or computed (after the method's input check) and kept if it fits."""
+        import torch
+
+        held = self._held.get(key)
+        if held is not None:
+            return _tree_to(held, x.device)
+        method.check_input(x)
+        body = method.body(x.to(getattr(method, "device", x.device), torch.float32))
+        if body is None:
+            return None
+        self.passes += 1
+        size = _tree_bytes(body)
+        if self._bytes + size <= self.limit_bytes:
+            self._held[key] = _tree_to(body, "cpu")
+            self._bytes += size
+            self.peak_bytes = max(self.peak_bytes, self._bytes)
+        return body
+
+    def clear(self) -> None:
+        """Forget the bodies (the next group of windows starts)."""
+        self._held.clear()
+        self._bytes = 0
+
+
+def _tree_to(tree: Any, device: Any) -> Any:
+    """``tree`` (a tensor, or tuples, lists and dicts of them) moved to ``device``."""
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_tree_to(t, device) for t in tree)
+    if isinstance(tree, dict):
+        return {k: _tree_to(v, device) for k, v in tree.items()}
+    return tree.to(device) if hasattr(tree, "to") else tree
+
+
+def _tree_bytes(tree: Any) -> int:
+    """Bytes of the tensors in ``tree``."""
+    if isinstance(tree, (tuple, list)):
+        return sum(_tree_bytes(t) for t in tree)
+    if isinstance(tree, dict):
+        return sum(_tree_bytes(v) for v in tree.values())
+    return int(tree.numel() * tree.element_size()) if hasattr(tree, "element_size") else 0
 
 
 def batch_seed(seed: int, start: int) -> int:

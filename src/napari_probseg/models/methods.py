@@ -18,6 +18,12 @@ hypotheses ``i0 .. i0 + n - 1``. ``sample`` is ``render(x, hypotheses(n, g, firs
 
 ``render`` also accepts ``x`` with one row per hypothesis ``(n, C, *S)``; that is how
 test-time augmentation composes over another method (``tta+mc_dropout`` ...).
+
+Methods whose network body does not depend on the hypothesis (SSN, prob. U-Net, Laplace) split
+``render`` into :meth:`Method.body` (the network pass, once per input) and
+:meth:`Method.render_body` (the per-hypothesis head). ``sample(x, n, ..., body=method.body(x))``
+then draws any batch of hypotheses of that input without running the body again: the engine
+keeps a tile's body between sample batches, so the body runs once per tile whatever N.
 """
 
 from __future__ import annotations
@@ -156,6 +162,7 @@ class Method:
         *,
         generator: torch.Generator | None = None,
         first_index: int = 0,
+        body: Any = None,
     ) -> torch.Tensor:
         """Draw hypotheses ``first_index .. first_index + n - 1``.
 
@@ -171,6 +178,9 @@ class Method:
         first_index : int
             Global index of the first hypothesis of this call (>= 0), so that a run split into
             batches draws the same hypotheses as one big batch.
+        body : optional
+            ``self.body(x)`` computed before (for this ``x``, on this device): the hypotheses are
+            rendered from it without running the network body again. None: computed here.
 
         Returns
         -------
@@ -185,6 +195,8 @@ class Method:
         x = x.to(self.device, torch.float32)
         with torch.no_grad():
             state = self.hypotheses(n, generator, first_index=first_index)
+            if body is not None:
+                return self.render_body(body, x, state, generator)
             return self.render(x, state, generator)
 
     def hypotheses(self, n: int, generator: torch.Generator, *, first_index: int = 0) -> State:
@@ -215,7 +227,34 @@ class Method:
         return {"index": torch.arange(n)}
 
     def render(self, x: torch.Tensor, state: State, generator: torch.Generator) -> torch.Tensor:
-        """Probabilities ``(n, K, *S)`` for the hypotheses in ``state``; ``x`` is (1 or n, C, *S)."""
+        """Probabilities ``(n, K, *S)`` for the hypotheses in ``state``; ``x`` is (1 or n, C, *S).
+
+        Methods with a :meth:`body` need not override it: it is ``render_body(body(x), ...)``.
+        """
+        body = self.body(x)
+        if body is None:
+            raise NotImplementedError
+        return self.render_body(body, x, state, generator)
+
+    def body(self, x: torch.Tensor) -> Any:
+        """The part of :meth:`render` that no hypothesis changes, for the input ``x``.
+
+        A tensor or a tuple of tensors on the method's device, handed back to
+        :meth:`render_body` (and to ``sample(..., body=...)``) for any batch of hypotheses of
+        that input. None (the default): the method has no such part (MC dropout, ensemble, TTA
+        and softmax, whose N = 1 needs no reuse).
+        """
+        return None
+
+    def body_bytes(self, patch: tuple[int, ...]) -> int:
+        """Bytes of :meth:`body` on one ``(1, C, *patch)`` input (0: the method has none); the
+        engine's memory estimate for keeping a tile's body between sample batches."""
+        return 0
+
+    def render_body(
+        self, body: Any, x: torch.Tensor, state: State, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Probabilities ``(n, K, *S)`` of the hypotheses in ``state`` from ``body(x)``."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -397,16 +436,26 @@ class SSNMethod(Method):
     def draw(self, n: int, generator: torch.Generator) -> State:
         return {"index": torch.arange(n), "eps": torch.randn((n, self.rank), generator=generator)}
 
-    def render(self, x: torch.Tensor, state: State, generator: torch.Generator) -> torch.Tensor:
-        eps = self._to_dev(state["eps"])
+    def body(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mu, factor, sqrt(diag))`` of the logits' Gaussian, the covariance checked."""
         mu, factor, diag = self.network(x)
         factor, diag = self._check_covariance(factor, diag)
+        return mu, factor, diag.sqrt()
+
+    def body_bytes(self, patch: tuple[int, ...]) -> int:
+        return 4 * self.n_classes * (self.rank + 2) * int(np.prod(patch))
+
+    def render_body(
+        self, body: Any, x: torch.Tensor, state: State, generator: torch.Generator
+    ) -> torch.Tensor:
+        mu, factor, scale = body
+        eps = self._to_dev(state["eps"])
         noise = per_hypothesis_randn(state, tuple(mu.shape[1:]))
         if mu.shape[0] == 1:
             low = torch.einsum("nr,kr...->nk...", eps, factor[0])
         else:
             low = torch.einsum("nr,nkr...->nk...", eps, factor)
-        logits = mu + low + diag.sqrt() * self._to_dev(noise)
+        logits = mu + low + scale * self._to_dev(noise)
         return torch.softmax(logits, dim=1)
 
     def _check_covariance(
@@ -423,7 +472,7 @@ class SSNMethod(Method):
             f"SSN covariance degenerate ({reason}): sampling from the diagonal part only, "
             "without spatial correlation",
             DegenerateCovarianceWarning,
-            stacklevel=4,
+            stacklevel=5,  # _check_covariance < body < render < sample < the caller
         )
         var = torch.where(finite_d, diag, torch.zeros_like(diag))
         var = var + torch.where(finite_f, factor, torch.zeros_like(factor)).square().sum(2)
@@ -457,11 +506,23 @@ class ProbUNetMethod(Method):
         eps = torch.randn((n, self.latent_dim), generator=generator)
         return {"index": torch.arange(n), "eps": eps}
 
-    def render(self, x: torch.Tensor, state: State, generator: torch.Generator) -> torch.Tensor:
+    def body(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(features, prior mean, prior sigma)``: the U-Net body and the prior net."""
         net: ProbUNet = self.network  # type: ignore[assignment]
-        feats = net.features(x)
         mu, log_sigma = net.prior(x)
-        z = mu + log_sigma.exp() * self._to_dev(state["eps"])
+        return net.features(x), mu, log_sigma.exp()
+
+    def body_bytes(self, patch: tuple[int, ...]) -> int:
+        net: ProbUNet = self.network  # type: ignore[assignment]
+        features = int(net.fcomb[0].in_channels) - self.latent_dim
+        return 4 * (features * int(np.prod(patch)) + 2 * self.latent_dim)
+
+    def render_body(
+        self, body: Any, x: torch.Tensor, state: State, generator: torch.Generator
+    ) -> torch.Tensor:
+        net: ProbUNet = self.network  # type: ignore[assignment]
+        feats, mu, sigma = body
+        z = mu + sigma * self._to_dev(state["eps"])
         return torch.softmax(net.decode(feats, z), dim=1)
 
     def _params(self) -> dict[str, Any]:
@@ -525,14 +586,23 @@ class LaplaceMethod(Method):
             bias = p["bias_mean"] + p["bias_var"].sqrt() * eb
         return {"index": torch.arange(n), "weight": weight, "bias": bias}
 
-    def render(self, x: torch.Tensor, state: State, generator: torch.Generator) -> torch.Tensor:
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """The MAP network's input to the last layer, ``(1 or n, F, *S)``."""
         captured: list[torch.Tensor] = []
         handle = self.layer.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0]))
         try:
             self.network(x)
         finally:
             handle.remove()
-        feat = captured[-1]
+        return captured[-1]
+
+    def body_bytes(self, patch: tuple[int, ...]) -> int:
+        return 4 * int(self.layer.in_channels) * int(np.prod(patch))
+
+    def render_body(
+        self, body: Any, x: torch.Tensor, state: State, generator: torch.Generator
+    ) -> torch.Tensor:
+        feat = body
         w, b = self._to_dev(state["weight"]), self._to_dev(state["bias"])
         if feat.shape[0] == 1:
             logits = torch.einsum("nkf,f...->nk...", w, feat[0])
