@@ -140,6 +140,22 @@ def test_cpu_out_of_memory_is_recognised_and_halves_the_batch():
         assert res.provenance["batch_size_final"] == 2 and res.n_samples == 8
 
 
+def test_oom_on_accelerator_falls_back_to_cpu_slab_by_slab():
+    """The streaming path follows the whole-image path's policy (one helper): halve the batch,
+    then, with one sample on an accelerator ("meta" stands in), go on on the CPU."""
+    from test_engine import OOMMethod
+
+    kw = dict(n_samples=4, batch_size=2, seed=3, normalization="none")
+    with pytest.warns(RuntimeWarning, match="falling back to the CPU"):
+        res = engine.run_prediction(
+            _image((20, 20)), OOMMethod(limit=100), device="meta", streaming=True, **kw
+        )
+    assert res.provenance["device"] == "cpu" and res.provenance["device_requested"] == "meta"
+    assert res.provenance["memory"]["mode"] == "slab"
+    ref = engine.run_prediction(_image((20, 20)), OOMMethod(limit=100), device="cpu", **kw)
+    _same(res, ref)
+
+
 # -- body passes per tile, strips, volumes larger than memory (issue 13, big volumes) ------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 #: Default activation factor: bytes of intermediate activations per byte of output probabilities.
@@ -92,6 +93,51 @@ def release_cached_memory(device: Any) -> None:
         torch.cuda.empty_cache()
     elif getattr(device, "type", None) == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+def after_out_of_memory(
+    exc: BaseException,
+    *,
+    batch: int,
+    device: Any,
+    cpu_batch: Callable[[], int],
+    warn: Callable[[str], None],
+) -> tuple[int, Any]:
+    """What a sample loop does after ``exc`` from a batch of ``batch`` samples on ``device``.
+
+    Both prediction paths (whole image, slab by slab) follow this one policy: out of memory with
+    more than one sample, retry with half the batch on the same device; with one sample on an
+    accelerator, fall back to the CPU with ``cpu_batch()`` samples per batch. Cached accelerator
+    memory is released first, and every decision is passed to ``warn``.
+
+    Returns
+    -------
+    (int, torch.device)
+        The batch size and device to go on with.
+
+    Raises
+    ------
+    BaseException
+        ``exc`` itself when it is not an out-of-memory error.
+    MemoryError
+        When one sample does not fit the CPU either.
+    """
+    import torch
+
+    if not is_out_of_memory(exc):
+        raise exc
+    release_cached_memory(device)
+    if batch > 1:
+        smaller = max(1, batch // 2)
+        warn(f"out of memory on {device} with {batch} samples per batch; retrying with {smaller}")
+        return smaller, device
+    if getattr(device, "type", "cpu") != "cpu":
+        warn(f"out of memory on {device} even with 1 sample per batch; falling back to the CPU")
+        return cpu_batch(), torch.device("cpu")
+    raise MemoryError(
+        "out of memory on the CPU even with 1 sample per batch; use a smaller patch size, fewer "
+        "samples or a smaller image"
+    ) from None
 
 
 def memory_budget(device: Any) -> float:

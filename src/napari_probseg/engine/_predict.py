@@ -13,11 +13,10 @@ import numpy as np
 from napari_probseg.core._validation import check_positive_int
 from napari_probseg.engine._device import (
     DEFAULT_ACTIVATION_FACTOR,
+    after_out_of_memory,
     auto_batch_size,
     bytes_per_sample,
-    is_out_of_memory,
     memory_budget,
-    release_cached_memory,
     resolve_device,
 )
 from napari_probseg.engine._domain import check_domain
@@ -464,12 +463,21 @@ def _run(
     batch_budget = budget or memory_budget(dev)
     # the bodies take at most half the batch budget: the rest keeps the batches large
     bodies_fit = 0 < bodies_bytes(mode) <= batch_budget / 2
-    if batch_size is None:
+
+    def per_sample(mode: str) -> float:
         # the blend buffer of one sample: the whole image, or one strip of a slab
         buffer_voxels = int(np.prod(plan.padded_shape)) if mode == "whole" else stream["buffer"]
-        per = bytes_per_sample(
+        return bytes_per_sample(
             k, tile_vox, buffer_voxels, activation_factor=8.0 if shared else factor
         )
+
+    def cpu_batch(mode: str) -> int:
+        # the batch after one sample did not fit an accelerator
+        cpu = torch.device("cpu")
+        return balanced(auto_batch_size(n_total, per_sample(mode), memory_budget(cpu)), n_total)
+
+    if batch_size is None:
+        per = per_sample(mode)
         b = auto_batch_size(n_total, per, batch_budget)
         if b < n_total and bodies_fit:
             b = auto_batch_size(n_total, per, batch_budget - bodies_bytes(mode))
@@ -550,8 +558,9 @@ def _run(
             map_dtype=map_dtype,
             warn=warn,
             bodies=bodies,
+            cpu_batch=lambda: cpu_batch(mode),
         )
-        maps, samples, b, output_path = result
+        maps, samples, b, output_path, dev = result
         timings["sample"] = time.perf_counter() - t0
         return finish(maps, samples, b, output_path)
     x_np = pad_image(normalize(arr, norm), plan.padded_shape)
@@ -597,32 +606,14 @@ def _run(
                     bodies=bodies if bj < n_total else None,  # kept only to be reused
                 )
             except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                del exc
-                release_cached_memory(dev)
-                if bj > 1:
-                    b = max(1, bj // 2)
-                    warn(f"out of memory on {dev} with {bj} samples per batch; retrying with {b}")
-                elif dev.type != "cpu":
-                    warn(
-                        f"out of memory on {dev} even with 1 sample per batch; falling back to the CPU"
-                    )
-                    dev = torch.device("cpu")
-                    method = method.to(dev)
+                b, to = after_out_of_memory(
+                    exc, batch=bj, device=dev, cpu_batch=lambda: cpu_batch(mode), warn=warn
+                )
+                del exc  # its frames hold the failed batch's tensors
+                if to != dev:
+                    dev, method = to, method.to(to)
                     if bodies is not None:
                         bodies.clear()  # computed on the other device
-                    per = bytes_per_sample(
-                        k, int(np.prod(plan.patch_size)), int(np.prod(plan.padded_shape))
-                    )
-                    b = balanced(
-                        auto_batch_size(n_total, per, budget or memory_budget(dev)), n_total
-                    )
-                else:
-                    raise MemoryError(
-                        "out of memory on the CPU even with 1 sample per batch; use a smaller patch "
-                        "size or a smaller image"
-                    ) from None
                 buffer = None
                 continue
             if plan.tiled:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_probseg.engine._device import is_out_of_memory
+from napari_probseg.engine._device import after_out_of_memory, is_out_of_memory
 from napari_probseg.engine._normalize import normalize
 from napari_probseg.engine._stream import (
     LazyImage,
@@ -166,14 +166,16 @@ def run_slabs(
     warn: Callable[..., None],
     scratch: Any = None,
     bodies: BodyCache | None = None,
-) -> Generator[Progress, None, tuple[Any, int]]:
-    """Slab by slab, strip by strip: blend, finalise and write; return (volumes, batch).
+    cpu_batch: Callable[[], int] = lambda: 1,
+) -> Generator[Progress, None, tuple[Any, int, Any]]:
+    """Slab by slab, strip by strip: blend, finalise and write; return (volumes, batch, device).
 
     ``outputs`` holds the arrays to fill (numpy or zarr): ``mean_probs``, ``variance`` (K, *S),
     ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` (*S) and ``samples``
     (N, *S) or None. ``scratch``: a folder for the slab-to-slab carry (None: in memory).
     ``bodies``: keeps each strip's network bodies between its sample batches (None: each batch
-    runs them).
+    runs them). Out of memory: ``engine._device.after_out_of_memory`` (``cpu_batch``: the batch
+    after falling back from an accelerator to the CPU; the device returned is the last used).
     Progress events count (window, batch) passes: ``tiles_done`` of ``tiles_total`` windows of
     the plan, ``samples_done`` = N once the last strip is complete.
     """
@@ -286,14 +288,15 @@ def run_slabs(
                             bodies=bodies if bj < n_total else None,  # kept only to be reused
                         )
                     except Exception as exc:
-                        if not is_out_of_memory(exc) or bj == 1:
-                            raise
-                        del exc
                         buf = bnp = None
-                        b = max(1, bj // 2)
-                        warn(
-                            f"out of memory on {dev} with {bj} samples per batch; retrying with {b}"
+                        b, to = after_out_of_memory(
+                            exc, batch=bj, device=dev, cpu_batch=cpu_batch, warn=warn
                         )
+                        del exc  # its frames hold the failed batch's tensors
+                        if to != dev:
+                            dev, method = to, method.to(to)
+                            if bodies is not None:
+                                bodies.clear()  # computed on the other device
                         continue
                     if col_out > 0:  # in place: this batch's incoming columns were added above
                         col_carry[done : done + bj, :, :, :col_out] = bnp[:, :, :, cols - col_out :]
@@ -343,7 +346,7 @@ def run_slabs(
     finally:
         if row_carry is not None:
             row_carry.close()
-    return volumes, b
+    return volumes, b, dev
 
 
 def _pass_event(
@@ -391,8 +394,10 @@ def run_slab_mode(
     warn: Callable[..., None],
     map_dtype: str = "float32",
     bodies: BodyCache | None = None,
+    cpu_batch: Callable[[], int] = lambda: 1,
 ) -> Generator[Progress, None, tuple]:
-    """Allocate the outputs (numpy, or a zarr store at ``output``), run the slabs, build maps."""
+    """Allocate the outputs (numpy, or a zarr store at ``output``), run the slabs, build maps;
+    return ``(maps, samples, batch, output_path, device)``."""
     from napari_probseg.core.uncertainty import UncertaintyMaps
     from napari_probseg.engine._io import finish_stream_store, open_stream_store
 
@@ -428,7 +433,7 @@ def run_slab_mode(
         }
     hooks = install_cancel_hooks(method, check_cancel) if has_cancel else []
     try:
-        volumes, b = yield from run_slabs(
+        volumes, b, dev = yield from run_slabs(
             method=method,
             arr=arr,
             norm_frozen=frozen,
@@ -443,6 +448,7 @@ def run_slab_mode(
             warn=warn,
             scratch=tmp,
             bodies=bodies,
+            cpu_batch=cpu_batch,
         )
     except Exception as exc:
         if tmp is not None:
@@ -451,7 +457,7 @@ def run_slab_mode(
             shutil.rmtree(tmp, ignore_errors=True)
         if is_out_of_memory(exc):
             raise MemoryError(
-                f"out of memory on {dev} even with 1 sample per batch, slab by slab; use a "
+                "out of memory on the CPU even with 1 sample per batch, slab by slab; use a "
                 "smaller patch size or fewer samples"
             ) from None
         raise
@@ -476,4 +482,4 @@ def run_slab_mode(
         units=units,
         foreground_classes=fg,
     )
-    return maps, outputs.get("samples"), b, output_path
+    return maps, outputs.get("samples"), b, output_path, dev
