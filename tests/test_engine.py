@@ -330,12 +330,15 @@ def test_oom_on_accelerator_falls_back_to_cpu():
     assert res.maps.mean_probs.shape == (2, 20, 20)
 
 
-def test_oom_on_cpu_with_one_sample_is_a_memory_error():
+@pytest.mark.parametrize("streaming", [False, True])
+def test_oom_on_cpu_with_one_sample_is_a_memory_error(streaming):
     method = OOMMethod(limit=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        with pytest.raises(MemoryError, match="CPU"):
-            engine.run_prediction(_image((20, 20)), method, n_samples=2, batch_size=2)
+        with pytest.raises(MemoryError, match="on the CPU even with 1 sample per batch"):
+            engine.run_prediction(
+                _image((20, 20)), method, n_samples=2, batch_size=2, streaming=streaming
+            )
 
 
 def test_2d_model_on_3d_image_slice_by_slice():

@@ -260,6 +260,28 @@ def test_bodies_that_do_not_fit_run_once_per_batch_and_say_so(ssn3d):
     _same(tight, kept)
 
 
+def test_bodies_are_kept_when_the_memory_limit_splits_the_batch(tmp_path, monkeypatch):
+    """All N fit one batch until the process may allocate a little less: the batch is halved to
+    fit, and the bodies, which fit beside the smaller batches, are kept between them."""
+    from napari_probseg.models import load_method
+    from test_models import make_card
+
+    method = load_method(make_card(tmp_path, "ssn", 2).path, "ssn", device="cpu")
+    img = _image((96, 96), seed=7)
+    kw = dict(n_samples=32, seed=2, device="cpu", patch_size=(32, 32), streaming=False)
+    free = engine.run_prediction(img, method, **kw)
+    assert free.provenance["batch_size"] == 32 and free.provenance["memory"]["body_passes"] is None
+    monkeypatch.setenv(
+        "PROBSEG_MEMORY_LIMIT", str(0.98 * free.provenance["memory"]["additional_bytes"])
+    )
+    tight = engine.run_prediction(img, method, **kw)
+    assert tight.provenance["batch_size"] == 16
+    assert tight.provenance["memory"]["body_cache_bytes"] > 0
+    assert tight.provenance["memory"]["body_passes"] == tight.provenance["tiling"]["n_tiles"]
+    assert not any("do not fit" in w for w in tight.provenance["warnings"])
+    _same(tight, free)
+
+
 def test_strips_and_disk_carry_equal_the_whole_image_path_in_3d(tmp_path):
     method = TinyMethod(spatial_dims=3, kernel=3)
     img = _image((21, 30, 26), seed=4)

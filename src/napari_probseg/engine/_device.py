@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +96,13 @@ def release_cached_memory(device: Any) -> None:
         torch.mps.empty_cache()
 
 
+#: The error when one sample does not fit the CPU (both prediction paths).
+ONE_SAMPLE_OUT_OF_MEMORY = (
+    "out of memory on the CPU even with 1 sample per batch; use a smaller patch size, fewer "
+    "samples or a smaller image"
+)
+
+
 def after_out_of_memory(
     exc: BaseException,
     *,
@@ -103,12 +111,13 @@ def after_out_of_memory(
     cpu_batch: Callable[[], int],
     warn: Callable[[str], None],
 ) -> tuple[int, Any]:
-    """What a sample loop does after ``exc`` from a batch of ``batch`` samples on ``device``.
+    """What a sample loop does after the out-of-memory error ``exc`` (:func:`is_out_of_memory`)
+    from a batch of ``batch`` samples on ``device``.
 
-    Both prediction paths (whole image, slab by slab) follow this one policy: out of memory with
-    more than one sample, retry with half the batch on the same device; with one sample on an
-    accelerator, fall back to the CPU with ``cpu_batch()`` samples per batch. Cached accelerator
-    memory is released first, and every decision is passed to ``warn``.
+    Both prediction paths (whole image, slab by slab) follow this one policy: with more than one
+    sample, retry with half the batch on the same device; with one sample on an accelerator,
+    fall back to the CPU with ``cpu_batch()`` samples per batch. The failed pass's frames are
+    cleared and cached accelerator memory is released first; every decision goes to ``warn``.
 
     Returns
     -------
@@ -117,15 +126,13 @@ def after_out_of_memory(
 
     Raises
     ------
-    BaseException
-        ``exc`` itself when it is not an out-of-memory error.
     MemoryError
-        When one sample does not fit the CPU either.
+        :data:`ONE_SAMPLE_OUT_OF_MEMORY`, when one sample does not fit the CPU either.
     """
     import torch
 
-    if not is_out_of_memory(exc):
-        raise exc
+    # the traceback holds the failed forward pass's tensors: free them before releasing
+    traceback.clear_frames(exc.__traceback__)
     release_cached_memory(device)
     if batch > 1:
         smaller = max(1, batch // 2)
@@ -134,10 +141,7 @@ def after_out_of_memory(
     if getattr(device, "type", "cpu") != "cpu":
         warn(f"out of memory on {device} even with 1 sample per batch; falling back to the CPU")
         return cpu_batch(), torch.device("cpu")
-    raise MemoryError(
-        "out of memory on the CPU even with 1 sample per batch; use a smaller patch size, fewer "
-        "samples or a smaller image"
-    ) from None
+    raise MemoryError(ONE_SAMPLE_OUT_OF_MEMORY) from None
 
 
 def memory_budget(device: Any) -> float:

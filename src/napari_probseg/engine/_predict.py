@@ -16,6 +16,7 @@ from napari_probseg.engine._device import (
     after_out_of_memory,
     auto_batch_size,
     bytes_per_sample,
+    is_out_of_memory,
     memory_budget,
     resolve_device,
 )
@@ -41,6 +42,7 @@ from napari_probseg.engine._windows import (
     batch_seed,
     blend_windows,
     install_cancel_hooks,
+    keeps_bodies,
 )
 
 #: Relative difference between the image spacing and the card's above which a warning is given.
@@ -422,7 +424,7 @@ def _run(
 
     # a shared body is kept between the sample batches of a group of windows (the whole image,
     # or one strip of a slab) when there are several batches: once per tile whatever N
-    body_bytes = int(method.body_bytes(tuple(plan.patch_size))) if _has_body(method) else 0
+    body_bytes = int(method.body_bytes(tuple(plan.patch_size))) if keeps_bodies(method) else 0
 
     def bodies_bytes(mode: str) -> float:
         return body_bytes * (len(plan.windows) if mode == "whole" else stream["strip_windows"])
@@ -461,8 +463,11 @@ def _run(
             "pass keep_samples=False, or use fewer samples or a smaller patch"
         )
     batch_budget = budget or memory_budget(dev)
-    # the bodies take at most half the batch budget: the rest keeps the batches large
-    bodies_fit = 0 < bodies_bytes(mode) <= batch_budget / 2
+    on_cpu = getattr(dev, "type", "cpu") == "cpu"
+    # the bodies are kept on the CPU and take at most half of its batch budget (the rest keeps
+    # the batches large); on an accelerator they leave its batch budget alone
+    host_budget = batch_budget if on_cpu else memory_budget(torch.device("cpu"))
+    bodies_fit = 0 < bodies_bytes(mode) <= host_budget / 2
 
     def per_sample(mode: str) -> float:
         # the blend buffer of one sample: the whole image, or one strip of a slab
@@ -471,24 +476,33 @@ def _run(
             k, tile_vox, buffer_voxels, activation_factor=8.0 if shared else factor
         )
 
+    def fitted(bb: int, keep_bodies: bool) -> int:
+        # halve the batch until the estimate fits what the process may still allocate
+        while bb > 1 and estimate(mode, bb, keep_bodies).additional > available:
+            bb = balanced(max(1, bb // 2), n_total)
+        return bb
+
     def cpu_batch(mode: str) -> int:
         # the batch after one sample did not fit an accelerator
-        cpu = torch.device("cpu")
-        return balanced(auto_batch_size(n_total, per_sample(mode), memory_budget(cpu)), n_total)
+        cpu_budget = budget or memory_budget(torch.device("cpu"))
+        bb = balanced(auto_batch_size(n_total, per_sample(mode), cpu_budget), n_total)
+        return fitted(bb, bodies is not None)
 
     if batch_size is None:
         per = per_sample(mode)
         b = auto_batch_size(n_total, per, batch_budget)
-        if b < n_total and bodies_fit:
+        if b < n_total and bodies_fit and on_cpu:
             b = auto_batch_size(n_total, per, batch_budget - bodies_bytes(mode))
         b = balanced(b, n_total)
     else:
         b = min(batch_size, n_total)
+    b = fitted(b, False)
+    # several batches (from the start, or after fitting the memory): keep the bodies if they fit
     keep_bodies = b < n_total and bodies_fit
-    while b > 1 and estimate(mode, b, keep_bodies).additional > available:
-        b = balanced(max(1, b // 2), n_total)
-    if keep_bodies and estimate(mode, b, keep_bodies).additional > available:
-        keep_bodies = False
+    if keep_bodies and estimate(mode, b, True).additional > available:
+        with_bodies = fitted(b, True)
+        keep_bodies = estimate(mode, with_bodies, True).additional <= available
+        b = with_bodies if keep_bodies else b
     if b < n_total and body_bytes and not keep_bodies:
         warn(
             f"memory: the network bodies of a tile group ({bodies_bytes(mode) / 2**20:.0f} MiB) "
@@ -606,10 +620,12 @@ def _run(
                     bodies=bodies if bj < n_total else None,  # kept only to be reused
                 )
             except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
                 b, to = after_out_of_memory(
                     exc, batch=bj, device=dev, cpu_batch=lambda: cpu_batch(mode), warn=warn
                 )
-                del exc  # its frames hold the failed batch's tensors
+                del exc
                 if to != dev:
                     dev, method = to, method.to(to)
                     if bodies is not None:
@@ -636,6 +652,8 @@ def _run(
     finally:
         for hook in hooks:
             hook.remove()
+        if bodies is not None:
+            bodies.clear()  # before the maps are computed
     buffer = buf = None
     timings["sample"] = time.perf_counter() - t1
 
@@ -645,11 +663,6 @@ def _run(
     maps = acc.result()
     timings["finalize"] = time.perf_counter() - t2
     return finish(maps, samples, b, None)
-
-
-def _has_body(method: Any) -> bool:
-    """Whether ``method`` splits off a hypothesis-independent body (``Method.body``)."""
-    return callable(getattr(method, "body", None)) and callable(getattr(method, "body_bytes", None))
 
 
 def _domain_check(arr: Any, norm: dict, card: Any, *, scale: Any) -> dict:

@@ -28,7 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_probseg.engine._device import after_out_of_memory, is_out_of_memory
+from napari_probseg.engine._device import (
+    ONE_SAMPLE_OUT_OF_MEMORY,
+    after_out_of_memory,
+    is_out_of_memory,
+)
 from napari_probseg.engine._normalize import normalize
 from napari_probseg.engine._stream import (
     LazyImage,
@@ -288,11 +292,13 @@ def run_slabs(
                             bodies=bodies if bj < n_total else None,  # kept only to be reused
                         )
                     except Exception as exc:
+                        if not is_out_of_memory(exc):
+                            raise
                         buf = bnp = None
                         b, to = after_out_of_memory(
                             exc, batch=bj, device=dev, cpu_batch=cpu_batch, warn=warn
                         )
-                        del exc  # its frames hold the failed batch's tensors
+                        del exc
                         if to != dev:
                             dev, method = to, method.to(to)
                             if bodies is not None:
@@ -455,10 +461,12 @@ def run_slab_mode(
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-        if is_out_of_memory(exc):
+        if isinstance(exc, MemoryError) and str(exc) == ONE_SAMPLE_OUT_OF_MEMORY:
+            raise
+        if is_out_of_memory(exc):  # outside a sample pass (a strip's buffers, a carry)
             raise MemoryError(
-                "out of memory on the CPU even with 1 sample per batch, slab by slab; use a "
-                "smaller patch size or fewer samples"
+                "out of memory on the CPU while streaming slab by slab; use a smaller patch "
+                "size or fewer samples"
             ) from None
         raise
     finally:

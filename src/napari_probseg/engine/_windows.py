@@ -174,13 +174,29 @@ def batch_seed(seed: int, start: int) -> int:
 
 def accepts_first_index(method: Any) -> bool:
     """True when ``method.sample`` takes ``first_index`` (the Method contract; batch-invariant)."""
+    return sample_accepts(method, "first_index")
+
+
+def keeps_bodies(method: Any) -> bool:
+    """True when ``method`` splits off a hypothesis-independent body that the engine may keep
+    between sample batches: ``body(x)``, ``body_bytes(patch)`` and ``sample(..., body=)``."""
+    return (
+        callable(getattr(method, "body", None))
+        and callable(getattr(method, "body_bytes", None))
+        and sample_accepts(method, "body")
+        and accepts_first_index(method)  # blend_windows passes bodies with first_index only
+    )
+
+
+def sample_accepts(method: Any, keyword: str) -> bool:
+    """True when ``method.sample`` takes the keyword argument ``keyword``."""
     import inspect
 
     try:
         params = inspect.signature(method.sample).parameters
     except (TypeError, ValueError):
         return False
-    return "first_index" in params or any(
+    return keyword in params or any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
     )
 

@@ -12,7 +12,10 @@ Two protocols, checked structurally (``isinstance`` works, they are ``runtime_ch
   progress, cancel) the same.
 
 Optional attributes the engine uses when present: ``network`` (an ``nn.Module``: the engine hooks
-it so a cancel lands within one layer). Nothing else is read by ``getattr``.
+it so a cancel lands within one layer); ``shared_body`` and ``activation_factor`` (the memory
+estimate); ``body(x)`` with ``body_bytes(patch)`` and a ``body=`` keyword of ``sample`` (a
+network body every hypothesis shares, kept between sample batches: see
+`napari_probseg.models.methods.Method.body`). Nothing else is read by ``getattr``.
 
 This module does not import torch at run time.
 """
