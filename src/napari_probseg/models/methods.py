@@ -241,8 +241,8 @@ class Method:
 
         A tensor or a tuple of tensors on the method's device, handed back to
         :meth:`render_body` (and to ``sample(..., body=...)``) for any batch of hypotheses of
-        that input. None (the default): the method has no such part (MC dropout, ensemble, TTA
-        and softmax, whose N = 1 needs no reuse).
+        that input. None (the default): the method has no such part (MC dropout, the ensemble
+        and TTA run a different network pass per hypothesis; softmax draws one sample).
         """
         return None
 
