@@ -40,12 +40,12 @@ Measured here (2 cores shared with other jobs, load average 4-9; times indicativ
   ``cli-softmax`` 1.12 GB = 3.57x, 540 s (load 2-3). Before,
   the CLI summarized from the whole maps and samples after streaming (~9x).
 
-- ``ssn-n64`` (2026-12-02): SSN N = 64 on 300 x 512 x 512, two batches of 32 per strip. Bodies
-  kept: 1.0 body pass per tile, peak RSS 3.10 GB = 9.84x the input, 1022 s; a body per tile and
-  batch (before): 2.0 passes, 2.89 GB = 9.2x, 891 s (my test runs shared the machine during the
-  first side: those times do not compare). Same samples (digest). On 64 x 192 x 192 (quiet,
-  fastest of 2 alternating): 14.5 vs 18.0 s = 0.81x; in one process, alternating, 13.0-13.3 vs
-  14.4-16.1 s. One body pass of a 64^3 tile costs 0.21 s here, 32 SSN heads 0.20 s, so keeping
+- ``ssn-n64`` (2026-12-02, quiet): SSN N = 64 on 300 x 512 x 512, two batches of 32 per strip.
+  Bodies kept: 1.0 body pass per tile, peak RSS 3.11 GB = 9.89x the input, 641 s; a body per
+  tile and batch (before): 2.0 passes, 2.88 GB = 9.16x, 759 s: 0.84x the time, 1.08x the peak.
+  Same samples (digest). (A first pair, 1022 vs 891 s, shared the machine with my test runs.)
+  On 64 x 192 x 192 (fastest of 2 alternating): 14.5 vs 18.0 s = 0.81x; in one process,
+  alternating, 13.0-13.3 vs 14.4-16.1 s. One body pass of a 64^3 tile costs 0.21 s here, 32 SSN heads 0.20 s, so keeping
   the bodies saves at most ~20 % at N = 64 with this small U-Net (more with a bigger body). The
   memory above 6x at N = 64: the column carry (N x K x 64 x 48 x 512 floats = 0.8 GB, the
   48 columns where MONAI's grid puts the last tile flush with the edge), the batch of 32 (strip
